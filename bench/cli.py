@@ -1,0 +1,310 @@
+"""Command line: ``python -m bench <command>``.
+
+Only this module configures logging output and progress bars; library code logs
+through ``logging.getLogger(__name__)``.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import textwrap
+from pathlib import Path
+
+from .errors import BenchError
+
+log = logging.getLogger("bench")
+
+EXAMPLES = {
+    "run": """\
+examples:
+  python -m bench run                                   # pipelines/default.yaml
+  python -m bench run --config pipelines/smoke.yaml     # tiny, < 1 minute
+  python -m bench run dataset.n_per_class=30 features=[hog,lbp] classifiers=[svm]
+  python -m bench run dataset.kind=folder dataset.path=my_images dataset.group_pattern='^(\\d+)_'
+  python -m bench run --new                             # a fresh run folder instead of resuming
+
+Running the same command again resumes: finished cells are kept, the rest are computed.""",
+    "list": """\
+examples:
+  python -m bench list               # everything
+  python -m bench list features
+  python -m bench list backbones""",
+    "report": """\
+examples:
+  python -m bench report results/default-1a2b3c4d
+  python -m bench report results/default-1a2b3c4d --format html""",
+    "compare": """\
+examples:
+  python -m bench compare results/parcel-xxxx results/textures-yyyy --out reports/compare""",
+    "perf": """\
+examples:
+  python -m bench perf                      # all speed benchmarks, writes docs/BENCHMARKS.md
+  python -m bench perf --only handcrafted --quick --no-write""",
+    "cache": """\
+examples:
+  python -m bench cache info
+  python -m bench cache clear""",
+}
+
+
+class _TqdmHandler(logging.Handler):
+    """Console handler that does not break progress bars."""
+
+    def emit(self, record):
+        try:
+            msg = self.format(record)
+            try:
+                from tqdm import tqdm
+                tqdm.write(msg, file=sys.stderr)
+            except ImportError:  # pragma: no cover
+                print(msg, file=sys.stderr)
+        except Exception:  # pragma: no cover
+            self.handleError(record)
+
+
+class _Fmt(logging.Formatter):
+    def format(self, record):
+        msg = super().format(record)
+        if record.levelno >= logging.WARNING:
+            return f"{record.levelname.lower()}: {msg}"
+        return msg
+
+
+def _setup_logging(verbose: int, quiet: bool) -> None:
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
+    root = logging.getLogger("bench")
+    root.setLevel(logging.DEBUG)
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    h = _TqdmHandler()
+    h.setLevel(level)
+    h.setFormatter(_Fmt("%(message)s"))
+    root.addHandler(h)
+    root.propagate = False
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    for noisy in ("tensorflow", "absl", "h5py", "matplotlib", "PIL", "distributed"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+def _progress_factory(quiet: bool):
+    if quiet:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover
+        return None
+
+    def make(desc: str, total: int):
+        return tqdm(total=total, desc=desc, unit="it", leave=False, dynamic_ncols=True,
+                    file=sys.stderr, disable=None)
+    return make
+
+
+def _attach_run_log(run_dir: Path) -> None:
+    fh = logging.FileHandler(run_dir / "run.log")
+    fh.setLevel(logging.DEBUG)
+    fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger("bench").addHandler(fh)
+
+
+# --------------------------------------------------------------------------- commands
+def cmd_run(args) -> int:
+    from . import engine
+    from .config import load_config
+    cfg = load_config(args.config, args.overrides)
+    base = Path(args.config).resolve().parent if args.config else None
+    if args.no_report:
+        cfg["output"]["formats"] = []
+    ctx = engine.run(cfg, progress=_progress_factory(args.quiet), new=args.new,
+                     on_run_dir=_attach_run_log, base_dir=base)
+    return _finish(ctx.run_dir, cfg, args)
+
+
+def _finish(run_dir: Path, cfg: dict, args) -> int:
+    from . import aggregate
+    summary = aggregate.save_summary(run_dir)
+    print()
+    print(aggregate.leaderboard_text(summary))
+    print(f"\nresults: {run_dir}")
+    formats = cfg["output"]["formats"]
+    if formats:
+        from . import report
+        out = Path(cfg["output"]["reports_dir"]) / run_dir.name
+        paths = report.build(run_dir, out, formats=tuple(formats))
+        main = paths.get("html") or next(iter(paths.values()), None)
+        for kind, p in paths.items():
+            if p != main:
+                print(f"{kind}: {p}")
+        if main:
+            print(f"report: {main}")
+    return 0
+
+
+def cmd_list(args) -> int:
+    from .engine import load_components
+    from .registry import ALL
+    load_components()
+    axes = [args.axis] if args.axis else list(ALL)
+    for axis in axes:
+        reg = ALL[axis]
+        print(f"{axis} ({len(reg)}):")
+        for e in reg:
+            extra = ""
+            if axis == "backbones":
+                b = e.obj
+                extra = (f"  [input {getattr(b, 'default_size', '?')} px, min {getattr(b, 'min_size', '?')};"
+                         f" layers: {', '.join(getattr(b, 'layers', {}) or [])}]")
+            print(f"  {e.name:<24} {e.description}{extra}")
+        print()
+    return 0
+
+
+def cmd_report(args) -> int:
+    from . import aggregate, report
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "records.jsonl").exists():
+        raise BenchError(f"{run_dir} is not a run folder (no records.jsonl)",
+                         "pass a folder under results/, e.g. results/default-1a2b3c4d")
+    summary = aggregate.save_summary(run_dir)
+    print(aggregate.leaderboard_text(summary))
+    out = Path(args.out) if args.out else Path("reports") / run_dir.resolve().name
+    formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
+    bad = [f for f in formats if f not in ("html", "pdf")]
+    if bad:
+        raise BenchError(f"--format {','.join(bad)} is not supported", "use html, pdf or html,pdf")
+    paths = report.build(run_dir, out, formats=formats)
+    main = paths.get("html") or next(iter(paths.values()), None)
+    for kind, p in paths.items():
+        if p != main:
+            print(f"{kind}: {p}")
+    print(f"report: {main}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from . import report
+    dirs = [Path(d) for d in args.run_dirs]
+    for d in dirs:
+        if not (d / "records.jsonl").exists():
+            raise BenchError(f"{d} is not a run folder (no records.jsonl)", "pass folders under results/")
+    out = Path(args.out) if args.out else Path("reports") / ("compare-" + "-".join(d.name for d in dirs)[:80])
+    paths = report.compare(dirs, out)
+    main = paths.get("html") or next(iter(paths.values()), None)
+    print(f"report: {main}")
+    return 0
+
+
+def cmd_perf(args) -> int:
+    from . import perf
+    rows = perf.run(only=args.only, quick=args.quick, write=None if args.no_write else args.write)
+    print(perf.format_rows(rows))
+    if not args.no_write:
+        print(f"\nwritten: {args.write}")
+    return 0
+
+
+def cmd_cache(args) -> int:
+    from .cache import FeatureCache
+    cache = FeatureCache(args.dir)
+    if args.action == "info":
+        info = cache.info()
+        print(f"cache: {info['dir']}\nentries: {info['entries']}\nsize: {info['bytes'] / 1e6:.1f} MB")
+    else:
+        n = cache.clear()
+        print(f"removed {n} entries from {cache.root}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Benchmark hand-crafted image features against pretrained-CNN features.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=textwrap.dedent("""\
+            commands:
+              run      run (or resume) a benchmark from a pipeline file
+              list     list datasets, features, backbones and classifiers
+              report   rebuild the HTML/PDF report of a run from its saved records
+              compare  one report over several runs
+              perf     speed benchmarks against the plain way of doing it
+              cache    feature cache info / clear
+
+            python -m bench <command> --help shows examples."""))
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument("-v", "--verbose", action="count", default=0)
+    p.add_argument("-q", "--quiet", action="store_true", help="warnings and results only")
+    sub = p.add_subparsers(dest="command", metavar="command")
+
+    def add(name, helptext):
+        return sub.add_parser(name, help=helptext, description=helptext, epilog=EXAMPLES[name],
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    r = add("run", "run (or resume) a benchmark")
+    r.add_argument("--config", "-c", default=None,
+                   help="pipeline YAML file (default: pipelines/default.yaml)")
+    r.add_argument("--new", action="store_true", help="start a fresh run folder instead of resuming")
+    r.add_argument("--no-report", action="store_true", help="skip building the report")
+    r.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="dotted overrides, e.g. dataset.n_per_class=50")
+    r.set_defaults(func=cmd_run)
+
+    l_ = add("list", "list registered components")
+    l_.add_argument("axis", nargs="?", choices=["datasets", "features", "backbones", "classifiers"])
+    l_.set_defaults(func=cmd_list)
+
+    rp = add("report", "rebuild a run's report from its saved records")
+    rp.add_argument("run_dir")
+    rp.add_argument("--format", default="html,pdf", help="html, pdf or html,pdf")
+    rp.add_argument("--out", default=None, help="output folder (default reports/<run-id>)")
+    rp.set_defaults(func=cmd_report)
+
+    cp = add("compare", "one report over several runs")
+    cp.add_argument("run_dirs", nargs="+")
+    cp.add_argument("--out", default=None)
+    cp.set_defaults(func=cmd_compare)
+
+    pf = add("perf", "speed benchmarks (ratios against the plain way, measured in one run)")
+    pf.add_argument("--only", choices=["handcrafted", "deep", "cache"], default=None)
+    pf.add_argument("--quick", action="store_true", help="fewer images and repeats")
+    pf.add_argument("--write", default="docs/BENCHMARKS.md", help="markdown file to update")
+    pf.add_argument("--no-write", action="store_true")
+    pf.set_defaults(func=cmd_perf)
+
+    c = add("cache", "inspect or clear the feature cache")
+    c.add_argument("action", choices=["info", "clear"])
+    c.add_argument("--dir", default=None, help="cache folder (default $BENCH_CACHE_DIR or ~/.cache/bench)")
+    c.set_defaults(func=cmd_cache)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    if args.command == "run" and args.config is None and Path("pipelines/default.yaml").exists():
+        args.config = "pipelines/default.yaml"
+    _setup_logging(args.verbose, args.quiet)
+    try:
+        return args.func(args) or 0
+    except BenchError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc.message}", file=sys.stderr)
+        if exc.hint:
+            print(f"hint: {exc.hint}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished cells are saved; run the same command again to resume",
+              file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001
+        if args.debug:
+            raise
+        print(f"internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print("hint: this is a bug in bench; rerun with --debug for the traceback and report it",
+              file=sys.stderr)
+        return 1

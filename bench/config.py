@@ -1,0 +1,382 @@
+"""Run configuration: YAML pipeline files, dotted command-line overrides, validation.
+
+A pipeline file is plain YAML (see ``pipelines/default.yaml``). ``load_config``
+merges it over :data:`DEFAULTS`, applies ``key=value`` overrides (values parsed
+as YAML, so ``dataset.n_per_class=50`` gives an int and ``features=[hog,lbp]`` a
+list), normalises shorthand (``- hog`` becomes ``{name: hog}``) and validates
+every key: unknown keys, wrong types and bad values raise :class:`ConfigError`
+naming the key, the value and what is allowed, with a "did you mean".
+Component names and parameters (datasets, features, classifiers) are checked
+against the registries when the run builds them.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+DEFAULTS: dict[str, Any] = {
+    "name": "run",
+    "seed": 0,
+    "plugins": [],
+    "dataset": {"kind": "synthetic-parcel"},
+    "prepare": {"color": "keep", "size": None, "depth_range": None, "interpolation": "area"},
+    "features": [],
+    "classifiers": [],
+    "protocol": {"kind": "kfold", "n_splits": 5, "n_repeats": 1, "test_size": 0.25,
+                 "group": "auto", "leak_check": False, "metric": "macro_f1"},
+    "finetune": [],
+    "parallel": {"n_jobs": -1, "backend": "loky", "address": None, "chunk_size": 32},
+    "cache": {"enabled": True, "dir": None},
+    "output": {"results_dir": "results", "reports_dir": "reports", "run_id": None,
+               "formats": ["html", "pdf"]},
+    "report": {"gallery": 12, "tsne": True, "learning_curves": True, "retrieval": True},
+    "count": None,
+    "on_missing_weights": "random",
+    "on_bad_image": None,
+}
+
+# allowed values for enumerated keys
+CHOICES = {
+    "prepare.color": ("keep", "gray", "rgb"),
+    "prepare.interpolation": ("area", "linear", "nearest", "cubic"),
+    "protocol.kind": ("kfold", "holdout"),
+    "protocol.group": ("auto", True, False),
+    "protocol.metric": ("accuracy", "balanced_accuracy", "macro_f1"),
+    "parallel.backend": ("loky", "threading", "sequential", "dask"),
+    "on_missing_weights": ("random", "error"),
+    "on_bad_image": (None, "error", "skip"),
+}
+
+FEATURE_KEYS = ("name", "label", "params", "prepare")
+CLASSIFIER_KEYS = ("name", "label", "params", "search")
+
+
+def _did_you_mean(word: str, options) -> str:
+    close = difflib.get_close_matches(str(word), [str(o) for o in options], n=1, cutoff=0.6)
+    return f"did you mean {close[0]!r}? " if close else ""
+
+
+def _merge(base: dict, over: dict, path: str = "") -> dict:
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "dataset":
+            out[key] = _merge(out[key], value, f"{path}{key}.")
+        elif key == "dataset" and isinstance(value, dict) and isinstance(out.get(key), dict):
+            # a different dataset kind drops the default's parameters
+            merged = dict(out[key]) if value.get("kind", out[key].get("kind")) == out[key].get("kind") else {}
+            merged.update(copy.deepcopy(value))
+            out[key] = merged
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not of the form key=value",
+                          "e.g. dataset.n_per_class=50 or features=[hog,lbp]")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r} has an empty key", "e.g. dataset.path=data/my_images")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() != "" else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {key}: cannot parse value {raw!r} ({exc.__class__.__name__})",
+                          "quote strings containing ':' or brackets, e.g. key='a:b'") from None
+    return key.split("."), value
+
+
+def apply_override(cfg: dict, parts: list[str], value: Any) -> None:
+    node: Any = cfg
+    for i, part in enumerate(parts[:-1]):
+        where = ".".join(parts[: i + 1])
+        if isinstance(node, list):
+            try:
+                node = node[int(part)]
+            except (ValueError, IndexError):
+                raise ConfigError(f"override {'.'.join(parts)}: {where} is not a valid list index",
+                                  f"the list has {len(node)} entries") from None
+            continue
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {'.'.join(parts)}: {'.'.join(parts[:i])} is not a section")
+        if node.get(part) is None:
+            node[part] = {}
+        node = node[part]
+    last = parts[-1]
+    if isinstance(node, list):
+        try:
+            node[int(last)] = value
+        except (ValueError, IndexError):
+            raise ConfigError(f"override {'.'.join(parts)}: not a valid list index") from None
+    elif isinstance(node, dict):
+        node[last] = value
+    else:
+        raise ConfigError(f"override {'.'.join(parts)}: parent is not a section")
+
+
+def _type_error(key, value, expected, hint=None):
+    return ConfigError(f"{key}: expected {expected}, got {value!r} ({type(value).__name__})",
+                       hint or "fix the value in the pipeline file or override")
+
+
+def _check_int(key, value, minimum=None):
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _type_error(key, value, "an integer")
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"{key}: must be >= {minimum}, got {value}", f"set {key} to at least {minimum}")
+
+
+def _check_choice(key, value):
+    allowed = CHOICES[key]
+    if value not in allowed:
+        shown = ", ".join("null" if a is None else str(a).lower() if isinstance(a, bool) else str(a)
+                          for a in allowed)
+        raise ConfigError(f"{key}: {value!r} is not one of {shown}", _did_you_mean(value, allowed) +
+                          f"allowed: {shown}")
+
+
+def _check_keys(section: str, given: dict, allowed) -> None:
+    for key in given:
+        if key not in allowed:
+            where = f"{section}.{key}" if section else key
+            raise ConfigError(f"unknown key {where!r}", _did_you_mean(key, allowed) +
+                              f"allowed{' in ' + section if section else ''}: {', '.join(map(str, allowed))}")
+
+
+def _norm_size(key, value):
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value, value]
+    if (not isinstance(value, (list, tuple)) or len(value) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)):
+        raise _type_error(key, value, "null, a positive int or [height, width]")
+    return [int(value[0]), int(value[1])]
+
+
+def _norm_prepare(key, value, base=None) -> dict:
+    out = dict(base or DEFAULTS["prepare"])
+    if value is None:
+        return out
+    if not isinstance(value, dict):
+        raise _type_error(key, value, "a mapping like {color: gray, size: [64, 64]}")
+    _check_keys(key, value, DEFAULTS["prepare"].keys())
+    out.update(value)
+    CHOICES[f"{key}.color"] = CHOICES["prepare.color"]
+    CHOICES[f"{key}.interpolation"] = CHOICES["prepare.interpolation"]
+    _check_choice(f"{key}.color", out["color"])
+    _check_choice(f"{key}.interpolation", out["interpolation"])
+    out["size"] = _norm_size(f"{key}.size", out["size"])
+    dr = out["depth_range"]
+    if not (dr is None or dr == "minmax" or (isinstance(dr, (list, tuple)) and len(dr) == 2
+                                              and all(isinstance(v, (int, float)) for v in dr)
+                                              and dr[0] < dr[1])):
+        raise _type_error(f"{key}.depth_range", dr, "null, 'minmax' or [low, high] with low < high")
+    if isinstance(dr, tuple):
+        out["depth_range"] = list(dr)
+    return out
+
+
+def _norm_components(key: str, items, allowed_keys) -> list[dict]:
+    if items is None:
+        return []
+    if isinstance(items, (str, dict)):
+        items = [items]
+    if not isinstance(items, list):
+        raise _type_error(key, items, "a list of names or {name: ..., params: {...}} mappings")
+    out, labels = [], set()
+    for i, item in enumerate(items):
+        where = f"{key}[{i}]"
+        if isinstance(item, str):
+            item = {"name": item}
+        if not isinstance(item, dict):
+            raise _type_error(where, item, "a name or a mapping with 'name'")
+        _check_keys(where, item, allowed_keys)
+        if not isinstance(item.get("name"), str) or not item["name"]:
+            raise ConfigError(f"{where}: missing 'name'", f"e.g. {{name: hog}}")
+        params = item.get("params") or {}
+        if not isinstance(params, dict):
+            raise _type_error(f"{where}.params", params, "a mapping of keyword arguments")
+        entry = {"name": item["name"], "params": params}
+        if "prepare" in allowed_keys:
+            entry["prepare"] = item.get("prepare")
+        if "search" in allowed_keys:
+            search = item.get("search")
+            if search is not None and not (isinstance(search, dict) and all(
+                    isinstance(v, list) and v for v in search.values())):
+                raise _type_error(f"{where}.search", search, "a mapping param -> non-empty list of values")
+            entry["search"] = search
+        label = item.get("label") or item["name"]
+        if not isinstance(label, str):
+            raise _type_error(f"{where}.label", label, "a string")
+        if label in labels:
+            raise ConfigError(f"{where}: label {label!r} is used twice in {key}",
+                              "give each entry a distinct 'label'")
+        labels.add(label)
+        entry["label"] = label
+        out.append(entry)
+    return out
+
+
+def validate(cfg: dict) -> dict:
+    """Normalise and check a merged config; returns a new dict."""
+    if not isinstance(cfg, dict):
+        raise ConfigError("a pipeline file must be a YAML mapping at the top level",
+                          "see pipelines/default.yaml")
+    _check_keys("", cfg, DEFAULTS.keys())
+    cfg = copy.deepcopy(cfg)
+    if not isinstance(cfg["name"], str) or not cfg["name"]:
+        raise _type_error("name", cfg["name"], "a non-empty string")
+    _check_int("seed", cfg["seed"], 0)
+    plugins = cfg["plugins"] or []
+    if isinstance(plugins, str):
+        plugins = [plugins]
+    if not isinstance(plugins, list) or not all(isinstance(p, str) for p in plugins):
+        raise _type_error("plugins", plugins, "a list of paths to .py files")
+    cfg["plugins"] = plugins
+
+    ds = cfg["dataset"]
+    if not isinstance(ds, dict) or not isinstance(ds.get("kind"), str):
+        raise ConfigError("dataset: needs a 'kind'", "e.g. dataset: {kind: folder, path: my_images}; "
+                          "see `python -m bench list datasets`")
+
+    cfg["prepare"] = _norm_prepare("prepare", cfg["prepare"])
+    cfg["features"] = _norm_components("features", cfg["features"], FEATURE_KEYS)
+    for i, f in enumerate(cfg["features"]):
+        f["prepare"] = _norm_prepare(f"features[{i}].prepare", f["prepare"], base=cfg["prepare"])
+    cfg["classifiers"] = _norm_components("classifiers", cfg["classifiers"], CLASSIFIER_KEYS)
+    if not cfg["features"] and not cfg["finetune"]:
+        raise ConfigError("no features and no finetune models to benchmark",
+                          "add e.g. features: [hog, lbp] (see `python -m bench list features`)")
+    if cfg["features"] and not cfg["classifiers"]:
+        raise ConfigError("features are given but no classifiers",
+                          "add e.g. classifiers: [svm, random_forest] (see `python -m bench list classifiers`)")
+
+    for section in ("protocol", "parallel", "cache", "output", "report"):
+        value = cfg[section]
+        if value is None:
+            value = {}
+        if not isinstance(value, dict):
+            raise _type_error(section, value, "a mapping")
+        _check_keys(section, value, DEFAULTS[section].keys())
+        cfg[section] = {**DEFAULTS[section], **value}
+
+    p = cfg["protocol"]
+    _check_choice("protocol.kind", p["kind"])
+    _check_choice("protocol.group", p["group"])
+    _check_choice("protocol.metric", p["metric"])
+    _check_int("protocol.n_splits", p["n_splits"], 2)
+    _check_int("protocol.n_repeats", p["n_repeats"], 1)
+    if not isinstance(p["test_size"], (int, float)) or isinstance(p["test_size"], bool) \
+            or not 0 < p["test_size"] < 1:
+        raise _type_error("protocol.test_size", p["test_size"], "a fraction between 0 and 1")
+    if not isinstance(p["leak_check"], bool):
+        raise _type_error("protocol.leak_check", p["leak_check"], "true or false")
+
+    par = cfg["parallel"]
+    _check_choice("parallel.backend", par["backend"])
+    if isinstance(par["n_jobs"], bool) or not isinstance(par["n_jobs"], int) or par["n_jobs"] == 0:
+        raise _type_error("parallel.n_jobs", par["n_jobs"], "a non-zero integer (-1 = all cores)")
+    _check_int("parallel.chunk_size", par["chunk_size"], 1)
+    if par["address"] is not None and not isinstance(par["address"], str):
+        raise _type_error("parallel.address", par["address"], "null or 'tcp://host:port'")
+
+    if not isinstance(cfg["cache"]["enabled"], bool):
+        raise _type_error("cache.enabled", cfg["cache"]["enabled"], "true or false")
+    out = cfg["output"]
+    fmts = out["formats"]
+    if isinstance(fmts, str):
+        fmts = [s.strip() for s in fmts.split(",") if s.strip()]
+    if not isinstance(fmts, list) or any(f not in ("html", "pdf") for f in fmts):
+        raise _type_error("output.formats", out["formats"], "a list from html, pdf")
+    out["formats"] = fmts
+    if out["run_id"] is not None and (not isinstance(out["run_id"], str) or "/" in out["run_id"]
+                                      or out["run_id"] in (".", "..")):
+        raise _type_error("output.run_id", out["run_id"], "a folder name without '/'")
+    rep = cfg["report"]
+    if isinstance(rep["gallery"], bool) or not isinstance(rep["gallery"], int) or rep["gallery"] < 0:
+        raise _type_error("report.gallery", rep["gallery"], "a number of images >= 0")
+    for k in ("tsne", "learning_curves", "retrieval"):
+        if not isinstance(rep[k], bool):
+            raise _type_error(f"report.{k}", rep[k], "true or false")
+
+    _check_choice("on_missing_weights", cfg["on_missing_weights"])
+    _check_choice("on_bad_image", cfg["on_bad_image"])
+
+    ft = cfg["finetune"] or []
+    if isinstance(ft, dict):
+        ft = [ft]
+    if not isinstance(ft, list) or not all(isinstance(m, dict) for m in ft):
+        raise _type_error("finetune", cfg["finetune"], "a list of {mode: scratch|transfer|finetune, ...}")
+    labels = set()
+    for i, m in enumerate(ft):
+        label = m.get("label") or (m.get("backbone", "cnn") + "-" + str(m.get("mode", "transfer")))
+        if label in labels:
+            raise ConfigError(f"finetune[{i}]: label {label!r} is used twice", "give each model a 'label'")
+        labels.add(label)
+        m["label"] = label
+        folds = m.get("folds")
+        if folds is not None and not (isinstance(folds, list) and folds and all(
+                isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in folds)):
+            raise _type_error(f"finetune[{i}].folds", folds, "null (all splits) or a list of split indices")
+    cfg["finetune"] = ft
+    if cfg["count"] is not None and not isinstance(cfg["count"], dict):
+        raise _type_error("count", cfg["count"], "null or a mapping")
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> dict:
+    """Read a pipeline file (or only defaults), apply overrides, validate."""
+    raw: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise ConfigError(f"pipeline file {str(path)!r} does not exist",
+                              "pass --config pipelines/<name>.yaml; available: " +
+                              ", ".join(sorted(p.name for p in Path("pipelines").glob("*.yaml")))
+                              if Path("pipelines").is_dir() else "check the path")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise ConfigError(f"{path}:{where} is not valid YAML ({getattr(exc, 'problem', exc)})",
+                              "check indentation and quoting") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read pipeline file {str(path)!r}: {exc}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of keys",
+                              "see pipelines/default.yaml for the layout")
+        _check_keys("", raw, DEFAULTS.keys())
+    cfg = _merge(DEFAULTS, raw)
+    for text in overrides or []:
+        parts, value = parse_override(text)
+        if parts[0] not in DEFAULTS:
+            raise ConfigError(f"unknown key {parts[0]!r} in override {text!r}",
+                              _did_you_mean(parts[0], DEFAULTS) + f"allowed: {', '.join(DEFAULTS)}")
+        if parts[0] == "dataset" and len(parts) == 2 and parts[1] == "kind" \
+                and value != cfg["dataset"].get("kind"):
+            cfg["dataset"] = {"kind": value}  # a new dataset kind starts from its own defaults
+            continue
+        apply_override(cfg, parts, value)
+    return validate(cfg)
+
+
+def config_hash(cfg: dict) -> str:
+    """Stable hash of what determines the results (output paths and parallelism excluded)."""
+    relevant = {k: v for k, v in cfg.items() if k not in ("output", "parallel", "report")}
+    text = json.dumps(relevant, sort_keys=True, default=str)
+    return hashlib.blake2b(text.encode(), digest_size=4).hexdigest()
+
+
+def dump(cfg: dict) -> str:
+    return yaml.safe_dump(cfg, sort_keys=False, default_flow_style=None)

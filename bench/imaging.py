@@ -1,0 +1,139 @@
+"""Image conversions shared by datasets, extractors and the CNN code.
+
+Conventions (documented here once, used everywhere):
+
+* An image is a numpy array ``(h, w)`` (gray or depth) or ``(h, w, 3)`` (RGB).
+  RGBA is reduced to RGB by the loaders; palette images are expanded.
+* ``uint8`` images are in 0..255; ``uint16`` in 0..65535 (scaled by 1/257 to uint8);
+  float images are either intensities in [0, 1] or *depth maps* (any range, 0 meaning
+  "no measurement", as a time-of-flight sensor gives).
+* Depth to 8 bit: ``depth_range="minmax"`` maps each image's valid (non-zero,
+  finite) min..max to 1..255 and keeps 0 for missing pixels; a pair ``(lo, hi)``
+  maps that fixed range instead, so absolute heights stay comparable between images.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+
+def _depth_to_u8(img: np.ndarray, depth_range="minmax") -> np.ndarray:
+    x = np.asarray(img, dtype=np.float64)
+    valid = np.isfinite(x) & (x != 0)
+    out = np.zeros(x.shape, dtype=np.uint8)
+    if not valid.any():
+        return out
+    if depth_range in (None, "minmax"):
+        lo, hi = float(x[valid].min()), float(x[valid].max())
+    else:
+        lo, hi = float(depth_range[0]), float(depth_range[1])
+    span = hi - lo if hi > lo else 1.0
+    scaled = 1.0 + 254.0 * np.clip((x - lo) / span, 0.0, 1.0)
+    out[valid] = np.round(scaled[valid]).astype(np.uint8)
+    return out
+
+
+def to_uint8(img: np.ndarray, depth_range="minmax", is_depth: bool | None = None) -> np.ndarray:
+    """Any supported image to uint8, keeping its channels."""
+    img = np.asarray(img)
+    if img.dtype == np.uint8:
+        return img
+    if img.dtype == np.uint16:
+        return (img.astype(np.uint32) // 257).astype(np.uint8)
+    if img.dtype == bool:
+        return img.astype(np.uint8) * 255
+    if np.issubdtype(img.dtype, np.integer):
+        return np.clip(img, 0, 255).astype(np.uint8)
+    x = img.astype(np.float64)
+    if is_depth is None:
+        finite = x[np.isfinite(x)]
+        is_depth = finite.size > 0 and (finite.min() < 0 or finite.max() > 1.0)
+    if is_depth:
+        if x.ndim == 3:
+            return np.stack([_depth_to_u8(x[..., c], depth_range) for c in range(x.shape[2])], -1)
+        return _depth_to_u8(x, depth_range)
+    x = np.nan_to_num(x, nan=0.0, posinf=1.0, neginf=0.0)
+    return np.round(np.clip(x, 0, 1) * 255).astype(np.uint8)
+
+
+def to_gray(img: np.ndarray) -> np.ndarray:
+    """RGB to gray (ITU-R 601 weights as OpenCV), other dtypes kept."""
+    img = np.asarray(img)
+    if img.ndim == 2:
+        return img
+    if img.ndim == 3 and img.shape[2] == 1:
+        return img[..., 0]
+    if img.ndim == 3 and img.shape[2] >= 3:
+        rgb = img[..., :3]
+        if rgb.dtype == np.uint8:
+            return cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY)
+        g = rgb.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+        return g.astype(rgb.dtype if np.issubdtype(rgb.dtype, np.floating) else np.float64)
+    raise ValueError(f"unsupported image shape {img.shape}")
+
+
+def to_gray_u8(img: np.ndarray, depth_range="minmax") -> np.ndarray:
+    return to_gray(to_uint8(img, depth_range))
+
+
+def to_rgb_u8(img: np.ndarray, depth_range="minmax") -> np.ndarray:
+    u8 = to_uint8(img, depth_range)
+    if u8.ndim == 2:
+        return np.repeat(u8[..., None], 3, axis=2)
+    if u8.shape[2] == 1:
+        return np.repeat(u8, 3, axis=2)
+    return np.ascontiguousarray(u8[..., :3])
+
+
+def resize(img: np.ndarray, size: Sequence[int], interpolation: str = "area") -> np.ndarray:
+    """Resize to ``(h, w)``; ``area`` for shrinking, ``linear``/``nearest`` on request.
+
+    Depth maps (float) are resized with ``nearest`` by callers who must keep 0 = missing.
+    """
+    h, w = int(size[0]), int(size[1])
+    if img.shape[:2] == (h, w):
+        return img
+    inter = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR,
+             "nearest": cv2.INTER_NEAREST, "cubic": cv2.INTER_CUBIC}[interpolation]
+    if inter == cv2.INTER_AREA and (h > img.shape[0] or w > img.shape[1]):
+        inter = cv2.INTER_LINEAR
+    src = img
+    if src.dtype not in (np.uint8, np.uint16, np.float32, np.float64):
+        src = src.astype(np.float32)
+    return cv2.resize(src, (w, h), interpolation=inter)
+
+
+@dataclass(frozen=True)
+class Prepare:
+    """Explicit image preparation before an extractor sees the image.
+
+    color: ``keep`` | ``gray`` | ``rgb``; size: ``None`` or ``(h, w)``;
+    depth_range: ``None`` (keep float depth), ``"minmax"`` or ``(lo, hi)`` (to uint8).
+    """
+
+    color: str = "keep"
+    size: tuple | None = None
+    depth_range: object = None
+    interpolation: str = "area"
+
+    def __call__(self, img: np.ndarray) -> np.ndarray:
+        out = np.asarray(img)
+        if self.depth_range is not None and np.issubdtype(out.dtype, np.floating):
+            out = to_uint8(out, self.depth_range, is_depth=True)
+        if self.color == "gray":
+            out = to_gray(out)
+        elif self.color == "rgb":
+            out = to_rgb_u8(out) if out.dtype != np.float32 and out.dtype != np.float64 else (
+                np.repeat(out[..., None], 3, 2) if out.ndim == 2 else out)
+        if self.size is not None:
+            interp = self.interpolation
+            if np.issubdtype(out.dtype, np.floating) and interp == "area":
+                interp = "nearest"  # keep 0 = missing in depth maps
+            out = resize(out, self.size, interp)
+        return out
+
+    def key(self) -> str:
+        return f"color={self.color};size={self.size};depth={self.depth_range};interp={self.interpolation}"
