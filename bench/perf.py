@@ -1,0 +1,219 @@
+"""`python -m bench perf`: speed benchmarks, each a ratio measured in one run
+against the plain way of doing the same thing, written to docs/BENCHMARKS.md.
+
+Sections
+* handcrafted: each bench extractor against the plain per-image scikit-image call
+  (:mod:`bench.perf_handcrafted`).
+* deep: CNN extraction from files on disk against ``model.predict`` on preloaded
+  arrays and against the compiled forward pass alone (:mod:`bench.perf_deep`).
+* cache: the feature stage of a run, cold against a second identical run.
+* parallel: hand-crafted extraction with ``n_jobs=2`` against ``n_jobs=1``.
+* memory: peak RSS while extracting 20,000 generated 128 px images (streamed).
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+
+def _machine() -> str:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {cores} cores, Python {platform.python_version()}"
+
+
+def _feature_stage_seconds(features: list, n_per_class: int, cache_dir: Path, n_jobs: int = 1,
+                           size: int = 96) -> float:
+    """Wall time of the feature stage of a run (extraction or cache loads)."""
+    from . import engine
+    from .cache import FeatureCache, make_key
+    from .imaging import Prepare
+    from .registry import DATASETS, FEATURES
+    engine.load_components()
+    ds = DATASETS.create("synthetic-parcel", n_per_class=n_per_class, size=size, seed=0)
+    cache = FeatureCache(cache_dir)
+    t0 = time.perf_counter()
+    for spec in features:
+        ex = FEATURES.create(spec["name"], **spec.get("params", {}))
+        stage, _ = ex.stages()
+        prep = Prepare(depth_range="minmax")
+        key = make_key(ds.fingerprint(), stage.cache_key(), prep.key())
+        hit = cache.get(key)
+        if hit is None:
+            X, _ = engine.compute_per_image(stage, ds, prep, n_jobs=n_jobs, chunk_size=32)
+            cache.put(key, np.asarray(X) if X.dtype != object else X, {"ms_per_image": 0})
+        else:
+            X = hit[0]
+            _ = np.asarray(X[: len(X)]) if X.dtype != object else X  # touch the data
+    return time.perf_counter() - t0
+
+
+def run_cache(quick: bool = False) -> list[dict]:
+    rows = []
+    n = 15 if quick else 60
+    specs = {
+        "cnn (mobilenetv2, 96 px)": [{"name": "cnn", "params": {"backbone": "mobilenetv2",
+                                                                 "input_size": 96}}],
+        "hand-crafted (hog, lbp, glcm, sift_bovw)": [{"name": "hog"}, {"name": "lbp"},
+                                                     {"name": "glcm"}, {"name": "sift_bovw"}],
+    }
+    for name, feats in specs.items():
+        with tempfile.TemporaryDirectory() as d:
+            cold = _feature_stage_seconds(feats, n, Path(d))
+            warm = _feature_stage_seconds(feats, n, Path(d))
+        rows.append({"section": "cache", "what": f"feature stage, second identical run: {name}",
+                     "bench_s": warm, "baseline_s": cold, "ratio": cold / warm,
+                     "baseline": "first run (extraction)", "n_images": n * 4})
+    return rows
+
+
+def run_parallel(quick: bool = False) -> list[dict]:
+    feats = [{"name": "hog"}, {"name": "lbp"}, {"name": "glcm"}, {"name": "granulometry"}]
+    n = 25 if quick else 100
+    with tempfile.TemporaryDirectory() as d:
+        one = _feature_stage_seconds(feats, n, Path(d) / "a", n_jobs=1, size=128)
+    with tempfile.TemporaryDirectory() as d:
+        two = _feature_stage_seconds(feats, n, Path(d) / "b", n_jobs=2, size=128)
+    return [{"section": "parallel", "what": "hand-crafted extraction (hog, lbp, glcm, granulometry), n_jobs=2",
+             "bench_s": two, "baseline_s": one, "ratio": one / two, "baseline": "n_jobs=1",
+             "n_images": n * 4}]
+
+
+_MEM_SCRIPT = r"""
+import resource, sys, time, numpy as np
+from bench import engine
+from bench.data.base import Dataset
+from bench.imaging import Prepare
+from bench.registry import FEATURES
+engine.load_components()
+n, size = int(sys.argv[1]), int(sys.argv[2])
+def load(i):
+    rng = np.random.default_rng(i)
+    return (rng.random((size, size)) * 255).astype(np.uint8)
+ds = Dataset("mem", load, np.arange(n) % 2, ["a", "b"], [str(i) for i in range(n)], modality="gray")
+stage, _ = FEATURES.create("lbp").stages()
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+t0 = time.perf_counter()
+X, _ = engine.compute_per_image(stage, ds, Prepare(), n_jobs=1, chunk_size=256, out_path=sys.argv[3])
+print(X.shape[0], X.shape[1], base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.perf_counter() - t0)
+"""
+
+
+def run_memory(quick: bool = False) -> list[dict]:
+    n = 2000 if quick else 20000
+    size = 128
+    with tempfile.TemporaryDirectory() as d:
+        out = subprocess.run([sys.executable, "-c", _MEM_SCRIPT, str(n), str(size),
+                              str(Path(d) / "X.npy")], capture_output=True, text=True, check=True)
+    rows_, dim, base_kb, peak_kb, secs = out.stdout.split()
+    data_mb = int(rows_) * size * size / 1e6
+    return [{"section": "memory", "what": f"peak RSS, LBP over {n} generated {size} px images, streamed",
+             "bench_s": float(secs), "baseline_s": None, "ratio": None,
+             "peak_rss_mb": int(peak_kb) / 1024, "import_rss_mb": int(base_kb) / 1024,
+             "images_mb": data_mb, "n_images": n}]
+
+
+def run(only: str | None = None, quick: bool = False, write: str | None = "docs/BENCHMARKS.md") -> list[dict]:
+    rows: list[dict] = []
+    if only in (None, "handcrafted"):
+        from . import perf_handcrafted
+        for r in perf_handcrafted.run(quick=quick):
+            rows.append({"section": "handcrafted", **r})
+    if only in (None, "deep"):
+        from . import perf_deep
+        for r in perf_deep.run(quick=quick):
+            rows.append({"section": "deep", **r})
+    if only in (None, "cache"):
+        rows += run_cache(quick)
+        rows += run_parallel(quick)
+        rows += run_memory(quick)
+    if write:
+        write_markdown(rows, Path(write), quick=quick, only=only)
+    return rows
+
+
+def _fmt(v, nd=2):
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.{nd}f}" if abs(v) < 1000 else f"{v:.0f}"
+    return str(v)
+
+
+def format_rows(rows: list[dict]) -> str:
+    lines = []
+    for r in rows:
+        what = r.get("what") or r.get("extractor") or r.get("name")
+        ratio = f"{r['ratio']:.2f}x" if r.get("ratio") else ""
+        extra = f" peak RSS {r['peak_rss_mb']:.0f} MB" if r.get("peak_rss_mb") else ""
+        lines.append(f"[{r['section']}] {what}: {ratio} (bench {_fmt(r.get('bench_s'), 3)} s,"
+                     f" baseline {_fmt(r.get('baseline_s'), 3)} s){extra}")
+    return "\n".join(lines)
+
+
+def write_markdown(rows: list[dict], path: Path, quick: bool, only: str | None) -> None:
+    """Replace the sections measured now in ``path``, keeping the others."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cmd = "python -m bench perf" + (f" --only {only}" if only else "") + (" --quick" if quick else "")
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    titles = {"handcrafted": "Hand-crafted extractors against the plain per-image scikit-image call",
+              "deep": "CNN extraction from files on disk",
+              "cache": "Cache, parallelism and memory"}
+    blocks = {}
+    for section in ("handcrafted", "deep", "cache"):
+        rs = [r for r in rows if r["section"] == section or
+              (section == "cache" and r["section"] in ("cache", "parallel", "memory"))]
+        if not rs:
+            continue
+        out = [f"## {titles[section]}", "", f"Measured {stamp} on {_machine()} with `{cmd}`.", ""]
+        out += ["| what | bench (s) | baseline (s) | speed-up | baseline | notes |",
+                "|---|---:|---:|---:|---|---|"]
+        for r in rs:
+            what = r.get("what") or r.get("extractor") or r.get("name")
+            notes = []
+            for k in ("n_images", "size", "target", "note"):
+                if r.get(k) is not None:
+                    notes.append(f"{k}={r[k]}")
+            if r.get("peak_rss_mb") is not None:
+                notes.append(f"peak RSS {r['peak_rss_mb']:.0f} MB (after imports {r['import_rss_mb']:.0f} MB; "
+                             f"the images alone are {r['images_mb']:.0f} MB)")
+            ratio = f"**{r['ratio']:.1f}x**" if r.get("ratio") else ""
+            out.append(f"| {what} | {_fmt(r.get('bench_s'), 3)} | {_fmt(r.get('baseline_s'), 3)} | {ratio} | "
+                       f"{r.get('baseline', '')} | {'; '.join(notes)} |")
+        blocks[section] = "\n".join(out) + "\n"
+    old = path.read_text() if path.exists() else ""
+    kept = {}
+    if old:
+        parts = old.split("\n## ")
+        for part in parts[1:]:
+            title = part.splitlines()[0]
+            for sec, t in titles.items():
+                if title.strip() == t:
+                    kept[sec] = "## " + part.rstrip() + "\n"
+    kept.update(blocks)
+    head = ("# Benchmarks\n\nEvery figure is a ratio of two timings taken in the same run "
+            "(baseline time / bench time, so > 1 means bench is faster). Reproduce a section with "
+            "the command shown under it. Timings from unit tests are never used.\n")
+    body = "\n".join(kept[s] for s in ("handcrafted", "deep", "cache") if s in kept)
+    extra = ""
+    marker = "\n<!-- notes -->\n"
+    if marker in old:
+        extra = marker + old.split(marker, 1)[1]
+    path.write_text(head + "\n" + body + extra)
