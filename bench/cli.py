@@ -124,9 +124,10 @@ def cmd_run(args) -> int:
 
 def _finish(run_dir: Path, cfg: dict, args) -> int:
     from . import aggregate
-    summary = aggregate.save_summary(run_dir)
+    from . import records as rec
+    aggregate.save_summary(run_dir)
     print()
-    print(aggregate.leaderboard_text(summary))
+    print(aggregate.leaderboard_text(aggregate.summarize(rec.load(run_dir / "records.jsonl"))))
     print(f"\nresults: {run_dir}")
     formats = cfg["output"]["formats"]
     if formats:
@@ -167,8 +168,9 @@ def cmd_report(args) -> int:
     if not (run_dir / "records.jsonl").exists():
         raise BenchError(f"{run_dir} is not a run folder (no records.jsonl)",
                          "pass a folder under results/, e.g. results/default-1a2b3c4d")
-    summary = aggregate.save_summary(run_dir)
-    print(aggregate.leaderboard_text(summary))
+    from . import records as rec
+    aggregate.save_summary(run_dir)
+    print(aggregate.leaderboard_text(aggregate.summarize(rec.load(run_dir / "records.jsonl"))))
     out = Path(args.out) if args.out else Path("reports") / run_dir.resolve().name
     formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
     bad = [f for f in formats if f not in ("html", "pdf")]

@@ -38,3 +38,23 @@ class ColumnProfile(Extractor):
     def extract_one(self, image):
         prof = np.asarray(image, dtype=np.float64).mean(axis=0)
         return np.interp(np.linspace(0, len(prof) - 1, self.bins), np.arange(len(prof)), prof)
+
+
+from bench.registry import CLASSIFIERS  # noqa: E402
+from sklearn.neighbors import KNeighborsClassifier  # noqa: E402
+
+
+class _SleepyKNN(KNeighborsClassifier):
+    def __init__(self, n_neighbors=3, sleep=0.2):
+        super().__init__(n_neighbors=n_neighbors)
+        self.sleep = sleep
+
+    def fit(self, X, y):
+        import time
+        time.sleep(self.sleep)
+        return super().fit(X, y)
+
+
+@CLASSIFIERS.register("sleepy_knn", "kNN that sleeps in fit (for the kill/resume test)")
+def sleepy_knn(n_neighbors: int = 3, sleep: float = 0.2):
+    return _SleepyKNN(n_neighbors=n_neighbors, sleep=sleep)
