@@ -114,6 +114,9 @@ def cmd_run(args) -> int:
     from . import engine
     from .config import load_config
     cfg = load_config(args.config, args.overrides)
+    if cfg["finetune"] or any(f["name"] in ("cnn", "concat") for f in cfg["features"]):
+        from ._tf import quiet_import
+        quiet_import()
     base = Path(args.config).resolve().parent if args.config else None
     if args.no_report:
         cfg["output"]["formats"] = []
@@ -200,6 +203,9 @@ def cmd_compare(args) -> int:
 
 def cmd_perf(args) -> int:
     from . import perf
+    from ._tf import quiet_import
+    if args.only in (None, "deep", "cache"):
+        quiet_import()
     rows = perf.run(only=args.only, quick=args.quick, write=None if args.no_write else args.write)
     print(perf.format_rows(rows))
     if not args.no_write:
