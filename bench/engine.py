@@ -325,6 +325,22 @@ def _feature_label(spec: dict, extractor) -> str:
 
 
 # --------------------------------------------------------------------------- the run
+def _warn_cross_class_duplicates(dataset) -> list:
+    """The same image content under two labels: kept (the user decides), but said loudly."""
+    seen: dict = {}
+    clashes = []
+    for i, k in enumerate(dataset.keys):
+        j = seen.setdefault(k, i)
+        if j != i and dataset.labels[j] != dataset.labels[i]:
+            clashes.append((dataset.ids[j], dataset.ids[i]))
+    if clashes:
+        shown = "; ".join(f"{a} = {b}" for a, b in clashes[:5])
+        log.warning("%d images appear with identical content in two classes (%s%s); they are kept "
+                    "as labelled, but check the labels: such pairs cap every score", len(clashes),
+                    shown, " ..." if len(clashes) > 5 else "")
+    return clashes
+
+
 def resolve_run_dir(cfg: dict, new: bool = False) -> Path:
     out = cfg["output"]
     run_id = out["run_id"] or f"{cfg['name']}-{config_hash(cfg)}"
@@ -387,6 +403,7 @@ def run(cfg: dict, *, progress: Progress | None = None, new: bool = False,
             ds_params["on_bad_image"] = cfg["on_bad_image"]
     dataset = DATASETS.create(cfg["dataset"]["kind"], where="dataset", **ds_params)
     check_dataset_for_protocol(dataset.labels, dataset.class_names, cfg["protocol"], dataset.groups)
+    _warn_cross_class_duplicates(dataset)
 
     # run folder
     run_dir = resolve_run_dir(cfg, new)

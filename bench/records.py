@@ -89,6 +89,16 @@ def append(path: Path, record: dict) -> None:
     """Append one record atomically (single write of a whole line, fsync)."""
     line = (json.dumps(record, sort_keys=True) + "\n").encode()
     path = Path(path)
+    try:
+        _append_line(path, line)
+    except OSError as exc:
+        from .errors import ResultsError
+        raise ResultsError(f"cannot write a record to {str(path)!r}: {exc.strerror or exc}",
+                           "free disk space or fix permissions, then run the same command again: "
+                           "finished records are kept and the run resumes") from None
+
+
+def _append_line(path: Path, line: bytes) -> None:
     with _lock:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
