@@ -16,11 +16,20 @@ from sklearn.svm import SVC, LinearSVC
 from .registry import CLASSIFIERS
 
 
-@CLASSIFIERS.register("svm", "RBF-kernel SVM (C=10, gamma='scale'), Platt-scaled probabilities")
-def svm(C: float = 10.0, gamma="scale", class_weight=None, probability: bool = True,
-        random_state: int = 0):
+@CLASSIFIERS.register("svm", "RBF-kernel SVM (C=10, gamma='scale')")
+def svm(C: float = 10.0, gamma="scale", class_weight=None, random_state: int = 0):
+    """Predictions are the SVM's own. Its confidences in reports are the softmax of the
+    one-vs-rest decision values (uncalibrated); use ``svm_calibrated`` for probabilities."""
     return SVC(C=C, gamma=gamma, kernel="rbf", class_weight=class_weight,
-               probability=probability, random_state=random_state)
+               random_state=random_state)
+
+
+@CLASSIFIERS.register("svm_calibrated", "RBF-kernel SVM with sigmoid-calibrated probabilities (3-fold)")
+def svm_calibrated(C: float = 10.0, gamma="scale", class_weight=None, random_state: int = 0):
+    from sklearn.calibration import CalibratedClassifierCV
+    return CalibratedClassifierCV(SVC(C=C, gamma=gamma, kernel="rbf", class_weight=class_weight,
+                                      random_state=random_state),
+                                  method="sigmoid", cv=3, ensemble=False)
 
 
 @CLASSIFIERS.register("linear_svm", "Linear SVM (liblinear, squared hinge)")

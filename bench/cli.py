@@ -139,7 +139,7 @@ def _finish(run_dir: Path, cfg: dict, args) -> int:
         paths = report.build(run_dir, out, formats=tuple(formats))
         main = paths.get("html") or next(iter(paths.values()), None)
         for kind, p in paths.items():
-            if p != main:
+            if p != main and kind in ("pdf", "summary_pdf"):
                 print(f"{kind}: {p}")
         if main:
             print(f"report: {main}")
@@ -182,7 +182,7 @@ def cmd_report(args) -> int:
     paths = report.build(run_dir, out, formats=formats)
     main = paths.get("html") or next(iter(paths.values()), None)
     for kind, p in paths.items():
-        if p != main:
+        if p != main and kind in ("pdf", "summary_pdf"):
             print(f"{kind}: {p}")
     print(f"report: {main}")
     return 0

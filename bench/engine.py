@@ -216,6 +216,18 @@ def _softmax(z):
     return e / e.sum(axis=1, keepdims=True)
 
 
+def class_scores(fitted, X) -> np.ndarray:
+    """Per-class confidences: ``predict_proba`` where the model has it, else the softmax
+    of its decision values (e.g. SVM, linear SVM: uncalibrated scores). Columns follow
+    ``fitted.classes_``."""
+    if hasattr(fitted, "predict_proba"):
+        try:
+            return fitted.predict_proba(X)
+        except AttributeError:  # e.g. a Pipeline whose last step lacks predict_proba
+            pass
+    return _softmax(fitted.decision_function(X))
+
+
 def build_pipeline(fold_stage, clf_spec: dict, seed: int) -> Pipeline:
     entry = CLASSIFIERS.entry(clf_spec["name"], where="classifiers")
     params = dict(clf_spec.get("params") or {})
@@ -263,13 +275,7 @@ def run_cell(X, y, groups, train, test, fold_stage, clf_spec, seed, n_classes):
     fit_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     y_pred = fitted.predict(Xte)
-    if hasattr(fitted, "predict_proba"):
-        try:
-            p = fitted.predict_proba(Xte)
-        except AttributeError:
-            p = _softmax(fitted.decision_function(Xte))
-    else:
-        p = _softmax(fitted.decision_function(Xte))
+    p = class_scores(fitted, Xte)
     predict_s = time.perf_counter() - t0
     proba = np.zeros((len(test), n_classes), dtype=np.float32)
     proba[:, fitted.classes_] = p
