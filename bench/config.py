@@ -324,6 +324,8 @@ def validate(cfg: dict) -> dict:
             raise ConfigError(f"finetune[{i}]: label {label!r} is used twice", "give each model a 'label'")
         labels.add(label)
         m["label"] = label
+        from . import finetune  # no TensorFlow import: validation only
+        m = ft[i] = finetune.validate_spec(m, f"finetune[{i}]")
         folds = m.get("folds")
         if folds is not None and not (isinstance(folds, list) and folds and all(
                 isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in folds)):
