@@ -1,0 +1,467 @@
+"""The report's tables and statistical comparisons, computed once from a :class:`RunData`.
+
+A :class:`Table` holds display text plus sort keys and style hints; the HTML and the
+PDF render the same objects and ``reports/<run-id>/tables/<name>.csv`` stores their
+text, so a rebuilt report can be compared table by table.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import confusion_matrix, f1_score
+
+from .. import stats
+from ..aggregate import (FAMILY_ORDER, METRIC_NAMES, best_by_family, feature_display, fmt_ci, fmt_pm,
+                         is_random_init, row_label)
+from .rundata import RunData
+
+ALPHA = 0.05
+FAMILY_TITLES = {"handcrafted": "hand-crafted", "deep": "deep (frozen CNN)", "hybrid": "hybrid",
+                 "cnn": "end-to-end CNN"}
+MAX_CONFUSION_CLASSES = 20
+
+
+# --------------------------------------------------------------------------- table model
+@dataclass
+class Cell:
+    """``text`` shown; ``sub`` a secondary line (e.g. the 95% interval); ``sort`` the sort key."""
+
+    text: str
+    sort: object = None
+    cls: str = ""
+    title: str = ""
+    sub: str = ""
+
+    @property
+    def full(self) -> str:
+        return f"{self.text} {self.sub}" if self.sub else self.text
+
+
+@dataclass
+class Table:
+    """Rows of :class:`Cell`; ``numeric`` marks right-aligned, numerically sorted columns."""
+
+    name: str
+    columns: list
+    rows: list
+    numeric: set = field(default_factory=set)
+    caption: str = ""
+    row_classes: list = field(default_factory=list)
+
+    def to_frame(self) -> pd.DataFrame:
+        return pd.DataFrame([[c.full for c in r] for r in self.rows], columns=self.columns)
+
+    def select(self, columns: list[str]) -> "Table":
+        """A copy with only ``columns`` (those present), in that order."""
+        idx = [self.columns.index(c) for c in columns if c in self.columns]
+        return Table(self.name, [self.columns[i] for i in idx], [[r[i] for i in idx] for r in self.rows],
+                     {k for k, i in enumerate(idx) if i in self.numeric}, self.caption,
+                     list(self.row_classes))
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def css_token(text) -> str:
+    return re.sub(r"[^a-z0-9-]", "-", str(text).lower())
+
+
+def key_of(row) -> tuple:
+    return (row["dataset"], row["feature"], row["classifier"], row["variant"])
+
+
+def label_of(row) -> str:
+    return row_label(row["feature"], row["classifier"], row["weights"], row["variant"])
+
+
+def fmt_p(p, alpha: float = ALPHA) -> str:
+    """Two decimals, three below 0.01, four near ``alpha`` (so 0.0496 never reads as 0.05)."""
+    if p is None or not np.isfinite(p):
+        return "n/a"
+    if p < 0.001:
+        return "< 0.001"
+    if abs(p - alpha) < 0.005:
+        return f"{p:.4f}"
+    return f"{p:.3f}" if p < 0.01 else f"{p:.2f}"
+
+
+def _p_phrase(name: str, p) -> str:
+    s = fmt_p(p)
+    return f"{name} p {s}" if s.startswith("<") else f"{name} p = {s}"
+
+
+def fmt_duration(seconds) -> str:
+    if seconds is None or not isinstance(seconds, (int, float)) or not math.isfinite(seconds):
+        return "unknown"
+    s = int(round(seconds))
+    h, rem = divmod(s, 3600)
+    m, sec = divmod(rem, 60)
+    return f"{h} h {m} min" if h else (f"{m} min {sec} s" if m else f"{seconds:.1f} s")
+
+
+def _num(x, spec) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)) or pd.isna(x):
+        return "-"
+    return format(x, spec)
+
+
+def _sortval(x):
+    return None if x is None or (isinstance(x, float) and not math.isfinite(x)) or pd.isna(x) else float(x)
+
+
+# --------------------------------------------------------------------------- run header
+def header_facts(rd: RunData) -> list[tuple[str, str]]:
+    """(name, value) lines of the run header."""
+    ds, sp, env, cfg = rd.dataset, rd.splits, rd.env, rd.config
+    n_images = ds.get("n_images") or (len(ds["labels"]) if ds.get("labels") else None)
+    names = rd.class_names
+    facts = [("Dataset", f"{ds.get('name') or ', '.join(rd.datasets) or 'unknown'}"
+              + (f" ({ds.get('kind')}, {ds.get('modality')})" if ds.get("kind") else "")),
+             ("Images / classes", f"{n_images if n_images is not None else '?'} images, {len(names)} "
+                                  "classes")]
+    if sp:
+        grouped = sp.get("grouped")
+        n_splits, n_rep = sp.get("n_splits"), sp.get("n_repeats", 1)
+        protocol = f"{sp.get('splitter', '?')}: {n_splits} folds × {n_rep} repeat{'s' if n_rep != 1 else ''}"
+        protocol += "; grouped by source image (no source image in both train and test)" if grouped \
+            else "; not grouped (images treated as independent)"
+        facts.append(("Protocol", protocol))
+    else:
+        facts.append(("Protocol", "splits.json missing"))
+    facts.append(("Seed", str(env.get("seed", cfg.get("seed", "?")))))
+    hw = [env.get("cpu"), f"{env['n_cores']} cores" if env.get("n_cores") else None,
+          f"GPU: {env['gpu']}" if env.get("gpu") else "no GPU",
+          f"device: {env['device']}" if env.get("device") else None]
+    facts.append(("Hardware", ", ".join(str(h) for h in hw if h)))
+    if env.get("host"):
+        facts.append(("Host", str(env["host"])))
+    facts.append(("Started", f"{env.get('started', '?')} (duration {fmt_duration(env.get('duration_s'))})"))
+    if env.get("command"):
+        facts.append(("Command", str(env["command"])))
+    if env.get("python"):
+        facts.append(("Python", str(env["python"])))
+    n_ok = sum(1 for r in rd.records if r.get("status") == "ok")
+    n_failed = sum(1 for r in rd.records if r.get("status") != "ok")
+    facts.append(("Cells", f"{n_ok} finished, {n_failed} failed"))
+    return facts
+
+
+def packages_text(rd: RunData) -> str:
+    pk = rd.env.get("packages") or {}
+    return ", ".join(f"{k} {v}" for k, v in sorted(pk.items())) or "not recorded"
+
+
+def weights_table(rd: RunData) -> Table:
+    rows = []
+    for label, f in rd.features.items():
+        fam = f.get("family", "?")
+        w = f.get("weights") or "n/a"
+        if fam == "handcrafted" and w in ("n/a", None):
+            continue
+        cls = "warn" if is_random_init(w) else ""
+        rows.append([Cell(feature_display(label, w), cls=cls),
+                     Cell(FAMILY_TITLES.get(fam, fam), cls=f"fam-{css_token(fam)}"),
+                     Cell("random-init (NOT pretrained)" if is_random_init(w) else str(w), cls=cls),
+                     Cell(str(f.get("weights_file") or "-")),
+                     Cell(_num(f.get("n_features"), "d") if isinstance(f.get("n_features"), int) else "-"),
+                     Cell(_num(f.get("extract_ms_per_image"), ".2f"))])
+    return Table("weights", ["Feature", "Family", "Weights", "Weights file", "Dimension", "ms / image"], rows,
+                 numeric={4, 5}, caption="Weights provenance of every learned backbone")
+
+
+# --------------------------------------------------------------------------- leaderboard
+def leaderboard(summary: pd.DataFrame, top: int | None = None, name: str = "leaderboard") -> Table:
+    """All rows: mean ± std and 95% interval (percent), costs, dimension and folds."""
+    multi = summary["dataset"].nunique() > 1 if len(summary) else False
+    cols = (["#"] + (["Dataset"] if multi else [])
+            + ["Feature", "Family", "Classifier", "Macro-F1 %", "Accuracy %", "Balanced acc. %",
+               "Extract ms/img", "Fit s", "Predict s", "Dim", "Folds ok"])
+    numeric = {0} | set(range(cols.index("Macro-F1 %"), len(cols)))
+    rows, rclasses = [], []
+    rank = 0
+    df = summary if top is None else summary.head(top)
+    for _, r in df.iterrows():
+        failed_all = r["n_folds_ok"] == 0
+        rank += 0 if r["variant"] else 1
+        feat = feature_display(r["feature"], r["weights"])
+        fcls = "warn" if is_random_init(r["weights"]) else ""
+        if r["variant"]:
+            feat += f" ({r['variant']})"
+        cells = [Cell("" if r["variant"] else str(rank), rank if not r["variant"] else 1e9)]
+        if multi:
+            cells.append(Cell(str(r["dataset"])))
+        cells += [Cell(feat, feat.lower(), fcls),
+                  Cell(FAMILY_TITLES.get(r["family"], r["family"]), r["family"],
+                       f"fam-{css_token(r['family'])}"),
+                  Cell(str(r["classifier"]), str(r["classifier"]).lower())]
+        for m in ("macro_f1", "accuracy", "balanced_accuracy"):
+            if failed_all:
+                cells.append(Cell("failed", -1.0, "failed", r["error"]))
+            else:
+                cells.append(Cell(fmt_pm(r[f"{m}_mean"], r[f"{m}_std"]), _sortval(r[f"{m}_mean"]),
+                                  sub=fmt_ci(r[f"{m}_ci_low"], r[f"{m}_ci_high"])))
+        n_tot = int(r["n_folds_ok"] + r["n_folds_failed"])
+        cells += [Cell(_num(r["extract_ms_per_image"], ".2f"), _sortval(r["extract_ms_per_image"])),
+                  Cell(_num(r["fit_s"], ".2f"), _sortval(r["fit_s"])),
+                  Cell(_num(r["predict_s"], ".3f"), _sortval(r["predict_s"])),
+                  Cell(_num(r["n_features"], ".0f"), _sortval(r["n_features"])),
+                  Cell(f"{int(r['n_folds_ok'])}/{n_tot}", r["n_folds_ok"],
+                       "failed" if r["n_folds_failed"] else "", r["error"] or "")]
+        rows.append(cells)
+        classes = ["variant" if r["variant"] else "", "failed-row" if failed_all else "",
+                   f"fam-{css_token(r['family'])}"]
+        rclasses.append(" ".join(c for c in classes if c))
+    cap = ("Mean ± std over folds, with the Student-t 95% interval below (percent). Variant rows (e.g. "
+           "random-split, which leaks near-duplicate patches between train and test) are listed unranked "
+           "after the main rows.")
+    return Table(name, cols, rows, numeric, cap, rclasses)
+
+
+# --------------------------------------------------------------------------- families
+def family_table(summary: pd.DataFrame, dataset: str | None = None) -> Table:
+    """Best row of each family and its macro-F1 difference to the best hand-crafted row."""
+    best = best_by_family(summary, dataset=dataset)
+    ref = best.get("handcrafted")
+    rows = []
+    for fam, r in best.items():
+        delta = "" if ref is None or fam == "handcrafted" else \
+            f"{100 * (r['macro_f1_mean'] - ref['macro_f1_mean']):+.1f}"
+        rows.append([Cell(FAMILY_TITLES.get(fam, fam), fam, f"fam-{css_token(fam)}"),
+                     Cell(label_of(r), cls="warn" if is_random_init(r["weights"]) else ""),
+                     Cell(fmt_pm(r["macro_f1_mean"], r["macro_f1_std"]), _sortval(r["macro_f1_mean"]),
+                          sub=fmt_ci(r["macro_f1_ci_low"], r["macro_f1_ci_high"])),
+                     Cell(fmt_pm(r["accuracy_mean"], r["accuracy_std"]), _sortval(r["accuracy_mean"]),
+                          sub=fmt_ci(r["accuracy_ci_low"], r["accuracy_ci_high"])),
+                     Cell(delta, _sortval(float(delta)) if delta else None),
+                     Cell(_num(cost_seconds_row(r, None), ".1f"))])
+    return Table("families" + (f"-{css_token(dataset)}" if dataset else ""),
+                 ["Family", "Best row", "Macro-F1 %", "Accuracy %", "Δ macro-F1 vs hand-crafted (points)",
+                  "Cost s"], rows, {2, 3, 4, 5},
+                 "Best row of each feature family by mean macro-F1 (mean ± std, 95% interval below); "
+                 "Δ is in percentage points; cost = feature extraction for all images + one fit, "
+                 "in seconds.")
+
+
+def cost_seconds_row(r, n_images) -> float:
+    """Extraction of all images plus one fit, in seconds (the x axis of the cost plot)."""
+    n = n_images if n_images else (r.get("n_train", 0) or 0) + (r.get("n_test", 0) or 0)
+    ext = r.get("extract_ms_per_image")
+    ext = 0.0 if ext is None or not np.isfinite(ext) else ext * n / 1000.0
+    fit = r.get("fit_s")
+    fit = 0.0 if fit is None or not np.isfinite(fit) else fit
+    return ext + fit
+
+
+def pareto_mask(cost: Iterable[float], score: Iterable[float]) -> np.ndarray:
+    """True where no other point is at least as cheap and as good, and strictly better in one."""
+    c = np.asarray(list(cost), dtype=float)
+    s = np.asarray(list(score), dtype=float)
+    mask = np.zeros(len(c), dtype=bool)
+    for i in range(len(c)):
+        if not (np.isfinite(c[i]) and np.isfinite(s[i])):
+            continue
+        dominated = (c <= c[i]) & (s >= s[i]) & ((c < c[i]) | (s > s[i]))
+        mask[i] = not dominated.any()
+    return mask
+
+
+# --------------------------------------------------------------------------- per-class
+def confusion(rd: RunData, key) -> np.ndarray | None:
+    pooled = rd.pooled(key)
+    if pooled is None:
+        return None
+    n = len(rd.class_names)
+    return confusion_matrix(pooled[0], pooled[1], labels=np.arange(n))
+
+
+def top_confusions(cm: np.ndarray, class_names: list[str], k: int = 15, name: str = "confusions") -> Table:
+    off = cm.copy().astype(float)
+    np.fill_diagonal(off, 0)
+    order = np.argsort(-off, axis=None, kind="stable")[:k]
+    rows = []
+    support = cm.sum(axis=1)
+    for flat in order:
+        t, p = np.unravel_index(flat, cm.shape)
+        if off[t, p] <= 0:
+            break
+        share = cm[t, p] / support[t] if support[t] else 0
+        rows.append([Cell(class_names[t]), Cell(class_names[p]), Cell(str(int(cm[t, p])), int(cm[t, p])),
+                     Cell(f"{100 * share:.1f}", share)])
+    return Table(name, ["True class", "Predicted as", "Images", "% of true class"], rows, {2, 3},
+                 f"The {k} most frequent confusions (out-of-fold predictions)")
+
+
+def per_class_f1(rd: RunData, rows: list) -> pd.DataFrame:
+    """Out-of-fold F1 per class (index) for each given summary row (columns = row labels)."""
+    names = rd.class_names
+    out = {}
+    for r in rows:
+        pooled = rd.pooled(key_of(r))
+        if pooled is None:
+            continue
+        out[label_of(r)] = f1_score(pooled[0], pooled[1], labels=np.arange(len(names)), average=None,
+                                    zero_division=0)
+    return pd.DataFrame(out, index=names)
+
+
+# --------------------------------------------------------------------------- statistics
+@dataclass
+class Comparison:
+    a: pd.Series
+    b: pd.Series
+    ttest: stats.TTestResult | None
+    mcnemar: stats.McNemarResult | None
+    n_common_splits: int
+    diff: float  # mean macro-F1 difference a - b on common splits (fraction)
+    note: str = ""
+
+    @property
+    def significant(self) -> bool:
+        if self.ttest is not None and np.isfinite(self.ttest.p):
+            return self.ttest.p < ALPHA
+        return self.mcnemar is not None and self.mcnemar.p < ALPHA
+
+
+def compare_rows(rd: RunData, a: pd.Series, b: pd.Series, metric: str = "macro_f1") -> Comparison:
+    """Corrected t-test on the splits both rows finished, McNemar on pooled first-repeat predictions.
+
+    The better row (by mean over the common splits) is returned as ``a``.
+    """
+    ra = {int(r["split"]): r for r in rd.row_records(key_of(a)) if r.get("status") == "ok"}
+    rb = {int(r["split"]): r for r in rd.row_records(key_of(b)) if r.get("status") == "ok"}
+    common = sorted(set(ra) & set(rb))
+    sa = np.array([ra[s][metric] for s in common], dtype=float)
+    sb = np.array([rb[s][metric] for s in common], dtype=float)
+    diff = float(np.nanmean(sa - sb)) if common else float("nan")
+    if common and diff < 0:
+        a, b, ra, rb, sa, sb, diff = b, a, rb, ra, sb, sa, -diff
+    tt = None
+    note = []
+    if len(common) >= 2:
+        n_train = [ra[s].get("n_train") or np.nan for s in common]
+        n_test = [ra[s].get("n_test") or np.nan for s in common]
+        if np.all(np.isfinite(n_train)) and np.all(np.isfinite(n_test)):
+            tt = stats.corrected_ttest(sa, sb, n_train, n_test)
+        else:
+            note.append("train/test sizes not recorded: no corrected t-test")
+    elif common:
+        note.append("a single common split allows no t-test")
+    else:
+        note.append("no split finished by both rows")
+    mc = None
+    main = rd.main_splits()
+    pa = {s: p for s, p in rd.row_predictions(key_of(a)).items() if main is None or s in main}
+    pb = {s: p for s, p in rd.row_predictions(key_of(b)).items() if main is None or s in main}
+    y, ya, yb = stats.match_predictions(pa, pb)
+    if y.size:
+        mc = stats.mcnemar(ya == y, yb == y)
+    else:
+        note.append("no paired predictions: no McNemar test")
+    return Comparison(a, b, tt, mc, len(common), diff, "; ".join(note))
+
+
+def family_comparisons(rd: RunData, dataset: str | None = None) -> list[Comparison]:
+    """Best hand-crafted vs best deep first, then every other pair of family bests."""
+    best = best_by_family(rd.summary, dataset=dataset)
+    fams = [f for f in FAMILY_ORDER if f in best] + [f for f in best if f not in FAMILY_ORDER]
+    pairs = []
+    if "handcrafted" in best and "deep" in best:
+        pairs.append(("handcrafted", "deep"))
+    for i, f in enumerate(fams):
+        for g in fams[i + 1:]:
+            if (f, g) not in pairs:
+                pairs.append((f, g))
+    return [compare_rows(rd, best[f], best[g]) for f, g in pairs]
+
+
+def verdict(c: Comparison | None, families_present: list[str] | None = None) -> str:
+    """One sentence a reader can quote; careful to say 'no significant difference' when so."""
+    if c is None:
+        fams = ", ".join(FAMILY_TITLES.get(f, f) for f in (families_present or [])) or "no"
+        return f"Only {fams} rows finished, so there is no cross-family comparison to make."
+    a, b = label_of(c.a), label_of(c.b)
+    pts = 100 * c.diff
+    tests = []
+    if c.ttest is not None:
+        tests.append(_p_phrase("corrected t-test", c.ttest.p))
+    if c.mcnemar is not None:
+        tests.append(_p_phrase("McNemar", c.mcnemar.p))
+    tests_txt = "; ".join(tests) if tests else "no test possible: " + c.note
+    if not np.isfinite(pts):
+        return f"{a} and {b} share no finished split, so they cannot be compared."
+    if c.significant:
+        return f"{a} beats {b} by {pts:.1f} macro-F1 points ({tests_txt})."
+    return (f"No significant difference between {a} and {b}: {a} is ahead by {pts:.1f} macro-F1 points "
+            f"({tests_txt}).")
+
+
+def comparisons_table(comps: list[Comparison], name: str = "statistics") -> Table:
+    rows = []
+    for c in comps:
+        t, m = c.ttest, c.mcnemar
+        rows.append([Cell(label_of(c.a), cls="warn" if is_random_init(c.a["weights"]) else ""),
+                     Cell(label_of(c.b), cls="warn" if is_random_init(c.b["weights"]) else ""),
+                     Cell(f"{100 * c.diff:+.1f}" if np.isfinite(c.diff) else "-", _sortval(c.diff)),
+                     Cell(str(c.n_common_splits), c.n_common_splits),
+                     Cell("-" if t is None else _num(t.t, ".2f"), None if t is None else _sortval(t.t)),
+                     Cell("-" if t is None else fmt_p(t.p), None if t is None else _sortval(t.p),
+                          "sig" if t is not None and np.isfinite(t.p) and t.p < ALPHA else ""),
+                     Cell("-" if m is None else fmt_p(m.p), None if m is None else m.p,
+                          "sig" if m is not None and m.p < ALPHA else "",
+                          sub="" if m is None else f"{m.b} vs {m.c} discordant, {m.method}"),
+                     Cell("significant" if c.significant else "not significant",
+                          cls="sig" if c.significant else "muted"),
+                     Cell(c.note, cls="muted")])
+    return Table(name, ["Better row (A)", "Other row (B)", "Δ macro-F1 (points)", "Splits", "t",
+                        "Corrected t-test p", "McNemar p", f"At α = {ALPHA}", "Note"], rows, {2, 3, 4, 5, 6},
+                 "Nadeau–Bengio corrected resampled t-test on per-split macro-F1 (same splits; it decides "
+                 "the "
+                 "verdict, McNemar only when a single split is available); McNemar on pooled out-of-fold "
+                 "predictions of the first repeat, matched image by image (discordant: A right and B wrong "
+                 "vs "
+                 "A wrong and B right). p-values are not adjusted for multiple comparisons.")
+
+
+# --------------------------------------------------------------------------- failures, counts
+def failed_cells(rd: RunData) -> Table:
+    rows = []
+    for r in sorted((r for r in rd.records if r.get("status") != "ok"),
+                    key=lambda r: (str(r.get("feature")), str(r.get("classifier")), r.get("split") or 0)):
+        rows.append([Cell(feature_display(r.get("feature"), r.get("weights"))),
+                     Cell(str(r.get("classifier"))),
+                     Cell(str(r.get("split")), r.get("split")), Cell(str(r.get("variant") or "")),
+                     Cell(str(r.get("error") or "unknown error"), cls="error")])
+    return Table("failed", ["Feature", "Classifier", "Split", "Variant", "Error"], rows, {2},
+                 "Cells that failed; they are excluded from means and counted in the 'Folds ok' column.")
+
+
+def frame_table(df: pd.DataFrame, name: str, caption: str = "", floats: str = ".3f") -> Table:
+    cols = [str(c) for c in df.columns]
+    numeric = {i for i, c in enumerate(df.columns) if pd.api.types.is_numeric_dtype(df[c])}
+    rows = []
+    for _, r in df.iterrows():
+        rows.append([Cell(_num(v, floats) if isinstance(v, float) else str(v),
+                          _sortval(v) if i in numeric else str(v).lower())
+                     for i, v in enumerate(r.tolist())])
+    return Table(name, cols, rows, numeric, caption)
+
+
+def rank_table(fr: stats.FriedmanResult, name: str = "ranks") -> Table:
+    order = np.argsort(fr.avg_ranks, kind="stable")
+    rows = [[Cell(str(i + 1), i + 1), Cell(fr.methods[j]), Cell(f"{fr.avg_ranks[j]:.2f}", fr.avg_ranks[j])]
+            for i, j in enumerate(order)]
+    cap = (f"Average rank over {fr.n_datasets} datasets (1 = best). "
+           f"Friedman χ² = {_num(fr.statistic, '.2f')}, p = {fmt_p(fr.p)}; "
+           f"Nemenyi critical difference at α = {fr.alpha}: {_num(fr.cd, '.2f')}.")
+    return Table(name, ["Rank", "Row", "Average rank"], rows, {0, 2}, cap)
+
+
+__all__ = ["Cell", "Table", "leaderboard", "family_table", "header_facts", "weights_table", "confusion",
+           "top_confusions", "per_class_f1", "compare_rows", "family_comparisons", "verdict",
+           "comparisons_table", "failed_cells", "frame_table", "rank_table", "pareto_mask",
+           "cost_seconds_row", "METRIC_NAMES", "MAX_CONFUSION_CLASSES"]

@@ -1,0 +1,105 @@
+"""The HTML report as a person sees it: headless Chromium, every image decoded, no console error.
+
+Needs the system ``chromium`` + ``chromium-driver`` packages (Debian) and selenium; it is
+skipped with the reason otherwise (``make browser-deps`` installs them where it can).
+The driver is the system chromedriver: selenium never downloads one.
+"""
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fake_run import FEATURES, make_fake_run  # noqa: E402
+
+from bench import report  # noqa: E402
+
+pytestmark = pytest.mark.browser
+
+BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+DRIVERS = ("chromedriver",)
+
+
+def _which(names, extra_dirs=("/usr/lib/chromium", "/usr/lib/chromium-browser")):
+    for n in names:
+        p = shutil.which(n)
+        if p:
+            return p
+        for d in extra_dirs:
+            if os.access(os.path.join(d, n), os.X_OK):
+                return os.path.join(d, n)
+    return None
+
+
+@pytest.fixture(scope="module")
+def driver():
+    webdriver = pytest.importorskip("selenium.webdriver",
+                                    reason="selenium not installed (pip install -e .[test])")
+    from selenium.webdriver.chrome.service import Service
+    browser, drv = _which(BROWSERS), _which(DRIVERS)
+    if browser is None or drv is None:
+        pytest.skip("headless Chromium not available: install the system packages chromium and "
+                    "chromium-driver (make browser-deps)")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = browser
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--window-size=1300,900", "--disable-extensions", "--no-first-run"):
+        opts.add_argument(arg)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    try:
+        d = webdriver.Chrome(options=opts, service=Service(executable_path=drv))
+    except Exception as exc:  # noqa: BLE001 - e.g. driver/browser version mismatch
+        pytest.skip(f"cannot start headless Chromium ({browser}, {drv}): {type(exc).__name__}: {exc}")
+    yield d
+    d.quit()
+
+
+@pytest.fixture(scope="module")
+def report_html(tmp_path_factory):
+    root = tmp_path_factory.mktemp("browser")
+    run = make_fake_run(root / "runs", features=FEATURES[:2] + FEATURES[3:], counts=True,
+                        analysis_cfg={"learning_curves": False, "tsne": False})
+    return report.build(run, root / "report", formats=("html",))["html"]
+
+
+def test_report_opens_with_all_images_and_no_console_errors(driver, report_html, tmp_path):
+    driver.get(report_html.resolve().as_uri())
+    driver.execute_script("window.scrollTo(0, document.body.scrollHeight)")
+    state = driver.execute_script(
+        "return Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.alt])")
+    assert len(state) > 20
+    broken = [alt for complete, width, alt in state if not (complete and width > 0)]
+    assert not broken, f"images not decoded: {broken[:5]}"
+    errors = [e for e in driver.get_log("browser") if e.get("level") == "SEVERE"]
+    assert not errors, errors
+    # the class name with HTML is shown as text, never executed
+    assert "<script>alert(1)</script>" in driver.find_element("tag name", "body").text
+    shot = tmp_path / "report.png"
+    driver.execute_script("window.scrollTo(0, 0)")
+    assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+
+
+def test_leaderboard_sorts_on_header_click(driver, report_html):
+    driver.get(report_html.resolve().as_uri())
+
+    def first_col(table_id, col):
+        return driver.execute_script(
+            f"return Array.from(document.querySelectorAll('#{table_id} tbody tr'))"
+            f".map(r => r.cells[{col}].getAttribute('data-sort'))")
+
+    headers = driver.find_elements("css selector", "#t-leaderboard thead th")
+    names = [h.text.strip().rstrip("↕▲▼").strip() for h in headers]
+    fit = names.index("Fit s")
+    def click(el):  # the header may sit under the sticky menu or off the scrolled table: click via JS
+        driver.execute_script("arguments[0].scrollIntoView({block: 'center'}); arguments[0].click();", el)
+
+    click(headers[fit])  # numeric column: first click sorts descending
+    v = [float(x) for x in first_col("t-leaderboard", fit) if x not in (None, "")]
+    assert v == sorted(v, reverse=True)
+    click(headers[fit])
+    v = [float(x) for x in first_col("t-leaderboard", fit) if x not in (None, "")]
+    assert v == sorted(v)
+    assert driver.find_elements("css selector", "#t-leaderboard th[aria-sort='ascending']")
+    assert not [e for e in driver.get_log("browser") if e.get("level") == "SEVERE"]
