@@ -133,6 +133,27 @@ def n_workers(n_jobs: int) -> int:
 
 
 # --------------------------------------------------------------------------- extraction
+def parallel_safe(stage) -> bool:
+    """Whether a per-image stage may run in several worker processes.
+
+    Hand-crafted extractors are cheap to ship to workers. A CNN (or a concatenation
+    holding one) is not: each worker would build its own model and TensorFlow already
+    uses every core, so those run in this process, batched. An extractor can say so
+    itself with a ``parallel_safe`` class attribute.
+    """
+    flag = getattr(stage, "parallel_safe", None)
+    if flag is not None:
+        return bool(flag)
+    parts = getattr(stage, "parts", None)
+    if parts and not isinstance(parts, (str, bytes)):
+        try:
+            from .features.concat import build_part
+            return all(parallel_safe(p if hasattr(p, "transform") else build_part(p)) for p in parts)
+        except Exception:  # noqa: BLE001 - unknown layout: be conservative
+            return False
+    return getattr(stage, "family", "handcrafted") == "handcrafted"
+
+
 def _extract_chunk(stage, dataset, prepare: Prepare, idx, limit_threads: bool):
     if limit_threads:
         import cv2
@@ -169,9 +190,9 @@ def compute_per_image(stage, dataset, prepare: Prepare, *, chunk_size: int = 32,
     from joblib import Parallel, delayed
 
     n = len(dataset)
-    parallel_ok = getattr(stage, "parallel_safe", True) and backend != "sequential"
-    workers = n_workers(n_jobs) if parallel_ok else 1
-    if not getattr(stage, "parallel_safe", True):
+    safe = parallel_safe(stage)
+    workers = n_workers(n_jobs) if safe and backend != "sequential" else 1
+    if not safe:  # one process, large chunks: the extractor batches and prefetches inside
         chunk_size = max(chunk_size, getattr(stage, "preferred_chunk", 256))
     chunks = [np.arange(s, min(s + chunk_size, n)) for s in range(0, n, chunk_size)]
     bar = progress(desc, n) if progress else None

@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 
 def build_part(spec, where: str = "concat") -> Extractor:
     """An extractor from a name, a ``{"name", "params"}`` mapping or an instance."""
+    if isinstance(spec, (str, dict)):
+        from ..engine import load_components  # parts may be built in a fresh worker process
+        load_components()
     if isinstance(spec, str):
         return FEATURES.create(spec, where=where)
     if isinstance(spec, dict):
