@@ -343,9 +343,23 @@ class RunContext:
         return list(rec.latest_by_cell(rec.load(self.run_dir / "records.jsonl")).values())
 
 
+def weights_of(desc: dict) -> str:
+    """One provenance word for a feature: a concatenation is ``random-init`` when any part is."""
+    if not desc:
+        return "n/a"
+    if desc.get("weights"):
+        return str(desc["weights"])
+    parts = [weights_of(p) for p in desc.get("parts", []) if isinstance(p, dict)]
+    for word in ("random-init", "imagenet"):
+        if word in parts:
+            return word
+    files = [p for p in parts if p.startswith("file:")]
+    return files[0] if files else "n/a"
+
+
 def _feature_label(spec: dict, extractor) -> str:
     label = spec["label"]
-    weights = extractor.describe().get("weights") if hasattr(extractor, "describe") else None
+    weights = weights_of(extractor.describe()) if hasattr(extractor, "describe") else None
     if weights == "random-init" and "random-init" not in label:
         label = f"{label} [random-init]"
     return label
@@ -564,7 +578,7 @@ def run(cfg: dict, *, progress: Progress | None = None, new: bool = False,
             ctx._X[label] = X
             desc = extractor.describe() if hasattr(extractor, "describe") else {}
             features_meta[label] = {"name": spec["name"], "family": family,
-                                    "weights": desc.get("weights", "n/a"),
+                                    "weights": weights_of(desc),
                                     "weights_file": desc.get("weights_file"),
                                     "describe": desc,
                                     "n_features": int(X.shape[1]) if X.dtype != object and X.ndim == 2 else None,
