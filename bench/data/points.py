@@ -18,7 +18,9 @@ The dataset is a set of square patches of ``patch_size`` pixels:
 * one patch centred on every annotated point, labelled with its class;
 * ``background_ratio`` background patches per annotated patch in each image,
   centred at random positions at least ``min_distance`` pixels from *every*
-  annotated point of that image (the class ``background``, always the last label).
+  annotated point of that image (the class ``background``, always the last label);
+  a share ``hard_negatives`` of them lies just outside that distance, showing
+  part of an animal off-centre (``kind = "near-background"`` in ``meta["patches"]``).
 
 ``groups`` holds the scene id of each patch: patches of one photo share light,
 terrain and neighbouring animals, so the engine's grouped splitter
@@ -243,12 +245,15 @@ def cut_patch(scene: np.ndarray, x: int, y: int, size: int, border: str = "refle
 
 
 def sample_background(points: np.ndarray, width: int, height: int, n: int, min_distance: float,
-                      size: int, border: str, rng: np.random.Generator,
-                      max_rounds: int = 50) -> np.ndarray:
+                      size: int, border: str, rng: np.random.Generator, near: int = 0,
+                      ring: float | None = None, max_rounds: int = 50) -> np.ndarray:
     """``n`` distinct integer centres ``(x, y)`` at least ``min_distance`` from every point.
 
-    Rejection sampling against a KD-tree of the annotated points; returns fewer
-    centres (logged) when the image has no room for ``n``.
+    The first ``near`` of them ("hard negatives") lie in the ring ``min_distance ..
+    min_distance + ring`` (default ``ring = size / 2``) around a random annotated
+    point, so the window shows part of an animal off-centre; the rest are uniform
+    over the image. Rejection sampling against a KD-tree of the points; returns
+    fewer centres when the image has no room (the caller logs it).
     """
     from scipy.spatial import cKDTree
 
@@ -262,21 +267,42 @@ def sample_background(points: np.ndarray, width: int, height: int, n: int, min_d
         lo_x, hi_x, lo_y, hi_y = 0, width - 1, 0, height - 1
     if hi_x < lo_x or hi_y < lo_y:
         return np.zeros((0, 2), dtype=np.int64)
+    points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
     tree = cKDTree(points) if len(points) else None
+    near = min(int(near), n) if len(points) else 0
+    ring = float(size / 2 if ring is None else ring)
     chosen: list[tuple[int, int]] = []
     seen: set[tuple[int, int]] = set()
-    for _ in range(max_rounds):
-        m = max(4 * (n - len(chosen)), 16)
-        cand = np.stack([rng.integers(lo_x, hi_x + 1, m), rng.integers(lo_y, hi_y + 1, m)], 1)
-        if tree is not None:
+
+    def take(cand, target):
+        inside = (cand[:, 0] >= lo_x) & (cand[:, 0] <= hi_x) & (cand[:, 1] >= lo_y) & (cand[:, 1] <= hi_y)
+        cand = cand[inside]
+        if tree is not None and len(cand):
             d, _ = tree.query(cand, k=1)
             cand = cand[d >= min_distance]
         for cx, cy in cand.tolist():
             if (cx, cy) not in seen:
                 seen.add((cx, cy))
                 chosen.append((cx, cy))
-                if len(chosen) == n:
-                    return np.asarray(chosen, dtype=np.int64)
+                if len(chosen) == target:
+                    return True
+        return False
+
+    for target, hard in ((near, True), (n, False)):
+        for _ in range(max_rounds):
+            if len(chosen) >= target:
+                break
+            m = max(4 * (target - len(chosen)), 16)
+            if hard:
+                anchor = points[rng.integers(len(points), size=m)]
+                ang = rng.uniform(0, 2 * np.pi, m)
+                rad = rng.uniform(min_distance, min_distance + ring, m)
+                cand = np.rint(anchor + np.stack([rad * np.cos(ang), rad * np.sin(ang)], 1))
+                cand = cand.astype(np.int64)
+            else:
+                cand = np.stack([rng.integers(lo_x, hi_x + 1, m), rng.integers(lo_y, hi_y + 1, m)], 1)
+            if take(cand, target):
+                break
     return np.asarray(chosen, dtype=np.int64).reshape(-1, 2)
 
 
@@ -374,20 +400,26 @@ def _check_params(patch_size, background_ratio, min_distance, border, max_per_cl
 @DATASETS.register("points", "Patches around point annotations (image,x,y,class CSV) in large "
                              "images, plus background patches; grouped by source image")
 def load_points(path, annotations=None, patch_size: int = 32, classes=None,
-                background_ratio: float = 1.0, min_distance=None, border: str = "reflect",
-                max_per_class=None, seed: int = 0, cache_images: int = 2,
+                background_ratio: float = 1.0, min_distance=None, hard_negatives: float = 0.0,
+                border: str = "reflect", max_per_class=None, seed: int = 0, cache_images: int = 2,
                 name: str = "points") -> Dataset:
     """Build the patch dataset from a folder of scenes and a points CSV (see module doc).
 
     Parameters: ``annotations`` defaults to ``<path>/annotations.csv``; ``classes``
     fixes the label order (default: sorted class names of the CSV) and
     ``background`` is appended last; ``min_distance`` defaults to ``patch_size``;
-    ``border`` is ``reflect`` (alias ``pad``), ``zero`` or ``drop``;
+    ``hard_negatives`` is the share of the background patches drawn just outside
+    ``min_distance`` of an animal (``min_distance .. min_distance + patch_size/2``):
+    windows showing an animal off-centre, which a sliding-window counter must call
+    background; ``border`` is ``reflect`` (alias ``pad``), ``zero`` or ``drop``;
     ``max_per_class`` caps patches per class (random, seeded) — counting still
     uses every annotated point.
     """
     border, classes = _check_params(patch_size, background_ratio, min_distance, border,
                                     max_per_class, classes)
+    if hard_negatives is None or not 0.0 <= float(hard_negatives) <= 1.0:
+        raise ConfigError(f"points: hard_negatives must be in [0, 1], got {hard_negatives!r}",
+                          "the share of background patches drawn next to animals, e.g. 0.5")
     root = Path(path).expanduser()
     if not root.is_dir():
         raise DataError(f"points: dataset folder {root} not found", "set `path:` to the scenes folder")
@@ -433,11 +465,12 @@ def load_points(path, annotations=None, patch_size: int = 32, classes=None,
         for (x, y), lab in zip(pts[keep], labs[keep]):
             rows.append((j, int(x), int(y), int(lab), "point"))
         n_bg = int(round(float(background_ratio) * int(keep.sum())))
+        n_hard = int(round(float(hard_negatives) * n_bg))
         rng = np.random.default_rng(_stable_seed(seed, sid, "background"))
-        bg = sample_background(pts, w, h, n_bg, min_dist, patch_size, border, rng)
+        bg = sample_background(pts, w, h, n_bg, min_dist, patch_size, border, rng, near=n_hard)
         short += n_bg - len(bg)
-        for x, y in bg:
-            rows.append((j, int(x), int(y), bg_label, "background"))
+        for k, (x, y) in enumerate(bg):
+            rows.append((j, int(x), int(y), bg_label, "near-background" if k < n_hard else "background"))
     if dropped:
         log.info("points: border='drop' dropped %d annotated points whose patch leaves the image",
                  dropped)
