@@ -352,9 +352,12 @@ def build_model(spec: dict, n_classes: int, input_shape, *, augmenter=None, weig
     else:
         from . import weights as shared
         bb = backbone_info(spec["backbone"])
-        backbone = bb.build(tuple(input_shape[:2]))
-        if weights is not None:
-            shared.load_into(backbone, weights, bb)
+        if weights is not None and not weights.is_random:
+            # the shared loader: Keras' own ImageNet model (EfficientNet adds a rescaling
+            # layer only then), or weights=None + load_weights(file); never a download
+            backbone = shared.build_model(bb, tuple(input_shape[:2]), weights)
+        else:
+            backbone = bb.build(tuple(input_shape[:2]))
         backbone.trainable = False
         x = keras.layers.Lambda(bb.preprocess_fn(), name="preprocess")(x)
         x = backbone(x, training=False)

@@ -353,9 +353,11 @@ def _check_generator(n_scenes, scene_size, animals_per_scene, animal_scale, seed
 
 
 def cache_root() -> Path:
-    """``$BENCH_CACHE_DIR`` or ``~/.cache/bench``."""
-    env = os.environ.get("BENCH_CACHE_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "bench"
+    """The bench cache folder (:func:`bench.cache.default_dir`: ``$BENCH_CACHE_DIR`` or
+    ``~/.cache/bench``); scenes go to its ``synthetic-sealion/`` subfolder."""
+    from ..cache import default_dir
+
+    return default_dir()
 
 
 def scenes_folder(cache_dir=None, **generator) -> Path:
