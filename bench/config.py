@@ -27,7 +27,8 @@ DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "plugins": [],
     "dataset": {"kind": "synthetic-parcel"},
-    "prepare": {"color": "keep", "size": None, "depth_range": None, "interpolation": "area"},
+    "prepare": {"color": "keep", "size": None, "depth_range": None, "interpolation": "area",
+                "crop": None},
     "features": [],
     "classifiers": [],
     "protocol": {"kind": "kfold", "n_splits": 5, "n_repeats": 1, "test_size": 0.25,
@@ -177,6 +178,7 @@ def _norm_prepare(key, value, base=None) -> dict:
     _check_choice(f"{key}.color", out["color"])
     _check_choice(f"{key}.interpolation", out["interpolation"])
     out["size"] = _norm_size(f"{key}.size", out["size"])
+    out["crop"] = _norm_size(f"{key}.crop", out["crop"])
     dr = out["depth_range"]
     if not (dr is None or dr == "minmax" or (isinstance(dr, (list, tuple)) and len(dr) == 2
                                               and all(isinstance(v, (int, float)) for v in dr)
@@ -335,8 +337,11 @@ def validate(cfg: dict) -> dict:
                 isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in folds)):
             raise _type_error(f"finetune[{i}].folds", folds, "null (all splits) or a list of split indices")
     cfg["finetune"] = ft
-    if cfg["count"] is not None and not isinstance(cfg["count"], dict):
-        raise _type_error("count", cfg["count"], "null or a mapping")
+    if cfg["count"] is not None:
+        if not isinstance(cfg["count"], dict):
+            raise _type_error("count", cfg["count"], "null or a mapping")
+        from .counting import SPEC_KEYS
+        _check_keys("count", cfg["count"], SPEC_KEYS)
     return cfg
 
 
@@ -370,7 +375,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"unknown key {parts[0]!r} in override {text!r}",
                               _did_you_mean(parts[0], DEFAULTS) + f"allowed: {', '.join(DEFAULTS)}")
         if parts[0] == "dataset" and len(parts) == 2 and parts[1] == "kind" \
-                and value != cfg["dataset"].get("kind"):
+                and (not isinstance(cfg.get("dataset"), dict) or value != cfg["dataset"].get("kind")):
             cfg["dataset"] = {"kind": value}  # a new dataset kind starts from its own defaults
             continue
         apply_override(cfg, parts, value)

@@ -229,7 +229,9 @@ def compute_per_image(stage, dataset, prepare: Prepare, *, chunk_size: int = 32,
 
 # --------------------------------------------------------------------------- cells
 def _softmax(z):
-    z = np.atleast_2d(z)
+    z = np.asarray(z, dtype=np.float64)
+    if z.ndim == 1:  # binary decision_function: one value per sample
+        z = z[:, None]
     if z.shape[1] == 1:
         z = np.hstack([-z, z]) / 2
     z = z - z.max(axis=1, keepdims=True)
@@ -442,6 +444,11 @@ def run(cfg: dict, *, progress: Progress | None = None, new: bool = False,
         import inspect
         if "on_bad_image" in inspect.signature(entry.obj).parameters:
             ds_params["on_bad_image"] = cfg["on_bad_image"]
+    if cfg["cache"]["dir"] and "cache_dir" not in ds_params:
+        import inspect
+        entry = DATASETS.entry(cfg["dataset"]["kind"], where="dataset.kind")
+        if "cache_dir" in inspect.signature(entry.obj).parameters:  # generated scenes live there
+            ds_params["cache_dir"] = str(Path(cfg["cache"]["dir"]) / cfg["dataset"]["kind"])
     dataset = DATASETS.create(cfg["dataset"]["kind"], where="dataset", **ds_params)
     check_dataset_for_protocol(dataset.labels, dataset.class_names, cfg["protocol"], dataset.groups)
     _warn_cross_class_duplicates(dataset)
@@ -513,7 +520,8 @@ def run(cfg: dict, *, progress: Progress | None = None, new: bool = False,
             prep = spec["prepare"]
             prepare = Prepare(prep["color"], tuple(prep["size"]) if prep["size"] else None,
                               tuple(prep["depth_range"]) if isinstance(prep["depth_range"], list)
-                              else prep["depth_range"], prep["interpolation"])
+                              else prep["depth_range"], prep["interpolation"],
+                              tuple(prep["crop"]) if prep.get("crop") else None)
             stage, fold_stage = extractor.stages()
             label = _feature_label(spec, extractor)
             family = getattr(extractor, "family", "handcrafted")

@@ -106,21 +106,39 @@ def resize(img: np.ndarray, size: Sequence[int], interpolation: str = "area") ->
     return cv2.resize(src, (w, h), interpolation=inter)
 
 
+def center_crop(img: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """The central ``(h, w)`` window; reflect-padded first where the image is smaller."""
+    h, w = int(size[0]), int(size[1])
+    ph, pw = max(0, h - img.shape[0]), max(0, w - img.shape[1])
+    if ph or pw:
+        pad = [(ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2)] + [(0, 0)] * (img.ndim - 2)
+        img = np.pad(img, pad, mode="reflect" if min(img.shape[:2]) > 1 else "edge")
+    top, left = (img.shape[0] - h) // 2, (img.shape[1] - w) // 2
+    return img[top:top + h, left:left + w]
+
+
 @dataclass(frozen=True)
 class Prepare:
     """Explicit image preparation before an extractor sees the image.
 
     color: ``keep`` | ``gray`` | ``rgb``; size: ``None`` or ``(h, w)``;
-    depth_range: ``None`` (keep float depth), ``"minmax"`` or ``(lo, hi)`` (to uint8).
+    depth_range: ``None`` (keep float depth), ``"minmax"`` or ``(lo, hi)`` (to uint8);
+    crop: ``None`` or ``(h, w)``: the central window at native resolution, taken before
+    resizing (padded by reflection when the image is smaller). Cropping instead of
+    resizing removes object-size cues such as the crop-size leak of the sea-lion chips
+    (docs/SEALION.md).
     """
 
     color: str = "keep"
     size: tuple | None = None
     depth_range: object = None
     interpolation: str = "area"
+    crop: tuple | None = None
 
     def __call__(self, img: np.ndarray) -> np.ndarray:
         out = np.asarray(img)
+        if self.crop is not None:
+            out = center_crop(out, self.crop)
         if self.depth_range is not None and np.issubdtype(out.dtype, np.floating):
             out = to_uint8(out, self.depth_range, is_depth=True)
         if self.color == "gray":
@@ -136,4 +154,5 @@ class Prepare:
         return out
 
     def key(self) -> str:
-        return f"color={self.color};size={self.size};depth={self.depth_range};interp={self.interpolation}"
+        key = f"color={self.color};size={self.size};depth={self.depth_range};interp={self.interpolation}"
+        return key + (f";crop={tuple(self.crop)}" if self.crop is not None else "")

@@ -111,3 +111,23 @@ def test_plugin_errors_name_file_and_line(tmp_path):
         engine.load_plugins([str(syn)])
     with pytest.raises(PluginError, match="does not exist"):
         engine.load_plugins([str(tmp_path / "nope.py")])
+
+
+def test_binary_decision_function_softmax_is_per_sample():
+    z = np.array([-2.0, 0.0, 3.0])
+    p = engine._softmax(z)
+    assert p.shape == (3, 2)
+    np.testing.assert_allclose(p.sum(axis=1), 1)
+    assert list(p.argmax(axis=1)) == [0, 0, 1] or p[1, 0] == p[1, 1]
+    assert p[2, 1] > 0.9 and p[0, 0] > 0.8
+
+
+def test_prepare_center_crop_and_key():
+    from bench.imaging import Prepare, center_crop
+    img = np.arange(100, dtype=np.uint8).reshape(10, 10)
+    np.testing.assert_array_equal(center_crop(img, (4, 4)), img[3:7, 3:7])
+    small = center_crop(img[:3, :3], (5, 5))
+    assert small.shape == (5, 5)
+    np.testing.assert_array_equal(small[1:4, 1:4], img[:3, :3])
+    assert Prepare(crop=(4, 4)).key() != Prepare().key()
+    assert Prepare(crop=(4, 4), size=(8, 8))(img).shape == (8, 8)
