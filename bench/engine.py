@@ -329,6 +329,10 @@ class RunContext:
     def feature_labels(self) -> list[str]:
         return [label for label in self.features if label in self._X]
 
+    @property
+    def classifier_labels(self) -> list[str]:
+        return [c["label"] for c in self.config["classifiers"]]
+
     def per_image(self, label: str):
         return self._X[label]
 
