@@ -103,3 +103,10 @@ def test_smoke_pipeline_end_to_end(tmp_path):
                f"output.reports_dir={rep}")
     assert p2.returncode == 0, p2.stderr[-2000:]
     assert (run_dir / "records.jsonl").read_bytes() == before
+
+
+def test_missing_imagenet_weights_error_exits_2(tmp_path):
+    p = bench("run", "--config", "pipelines/smoke.yaml", f"output.results_dir={tmp_path}",
+              "features=[{name: cnn, params: {backbone: mobilenetv2, input_size: 32}}]",
+              "on_missing_weights=error", env_extra={"KERAS_HOME": str(tmp_path / "keras")})
+    _assert_user_error(p, "mobilenet_v2_weights_tf_dim_ordering_tf_kernels", str(tmp_path / "keras"))
