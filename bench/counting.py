@@ -493,19 +493,8 @@ def choose_cells(ctx, spec: Mapping) -> list[tuple[str, str]]:
 def class_scores(fitted, X) -> np.ndarray:
     """``predict_proba`` where the model has it, else the softmax of its decision values
     (SVMs without probability calibration: uncalibrated, so ``threshold`` means less)."""
-    if hasattr(fitted, "predict_proba"):
-        try:
-            return fitted.predict_proba(X)
-        except AttributeError:  # a Pipeline whose last step lacks predict_proba
-            pass
-    z = np.asarray(fitted.decision_function(X), dtype=np.float64)
-    if z.ndim == 1:  # binary: one column of signed distances to the positive class
-        z = z[:, None]
-    if z.shape[1] == 1:
-        z = np.hstack([-z, z]) / 2
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+    from .engine import class_scores as _scores
+    return _scores(fitted, X)
 
 
 def _full_proba(pipe, proba: np.ndarray, n_classes: int) -> np.ndarray:

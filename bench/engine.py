@@ -94,6 +94,17 @@ def load_plugins(paths: list[str], base: Path | None = None) -> None:
 
 
 # --------------------------------------------------------------------------- environment
+def cpu_name() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return cpu
+
+
 def environment(seed: int) -> dict:
     from importlib import metadata
     pkgs = {}
@@ -104,14 +115,7 @@ def environment(seed: int) -> dict:
             pkgs[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             pass
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     gpus = []
     with contextlib.suppress(Exception):
         import shutil

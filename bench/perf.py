@@ -27,14 +27,8 @@ import numpy as np
 
 def _machine() -> str:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from .engine import cpu_name
+    cpu = cpu_name()
     return f"{cpu}, {cores} cores, Python {platform.python_version()}"
 
 
