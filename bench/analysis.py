@@ -438,7 +438,7 @@ class _Analysis:
             self.part("learning_curves", "skipped", reason="no splits")
             return
         import pandas as pd
-        from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
+        from .protocol import score  # the metric definitions of the records
         t0 = time.perf_counter()
         fractions = [float(f) for f in self.cfg.get("learning_fractions", LEARNING_FRACTIONS)]
         splits = self.main_splits()[:LEARNING_MAX_SPLITS]
@@ -472,9 +472,7 @@ class _Analysis:
                             r["fit_s"] = time.perf_counter() - t1
                             pred = pipe.predict(X[test])
                         yt = self.y[test]
-                        r["accuracy"] = accuracy_score(yt, pred)
-                        r["balanced_accuracy"] = balanced_accuracy_score(yt, pred)
-                        r["macro_f1"] = f1_score(yt, pred, average="macro", zero_division=0)
+                        r.update(score(yt, pred))
                     except Exception as exc:  # noqa: BLE001 - e.g. too few samples for the classifier
                         r["status"], r["error"] = "failed", f"{type(exc).__name__}: {exc}"
                     out.append(r)
