@@ -175,10 +175,22 @@ class Concat(Extractor):
         self.parts = parts
 
     def built_parts(self) -> list[Extractor]:
+        """The part extractors, built once per parameter set and kept (a CNN part then
+        builds its model once, not once per chunk of images)."""
         if isinstance(self.parts, (str, dict)) or not len(self.parts):
             raise ConfigError(f"concat: parts must be a non-empty list, got {self.parts!r}",
                               "e.g. parts: [lbp, {name: glcm, params: {levels: 32}}]")
-        return [build_part(p, f"concat part {k}") for k, p in enumerate(self.parts)]
+        sig = json.dumps(self.parts, sort_keys=True, default=repr)
+        cached = self.__dict__.get("_built")
+        if cached is None or cached[0] != sig:
+            cached = (sig, [build_part(p, f"concat part {k}") for k, p in enumerate(self.parts)])
+            self._built = cached
+        return cached[1]
+
+    def __getstate__(self):
+        state = dict(super().__getstate__())
+        state.pop("_built", None)  # rebuilt in the receiving process
+        return state
 
     family = _Family()
 
