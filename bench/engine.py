@@ -678,6 +678,7 @@ def _run_cells(ctx, cfg, plan, y, groups, done, records_path, run_id, features_m
         return delayed(_safe_cell)(ctx._X[label], y, groups, s.train, s.test, f["fold_stage"], c,
                                    cfg["seed"], n_classes)
 
+    warned: dict = {}
     try:
         results = Parallel(n_jobs=workers, backend=backend, return_as="generator")(job(t) for t in todo)
         for (label, f, c, s, cid), res in zip(todo, results):
@@ -691,6 +692,8 @@ def _run_cells(ctx, cfg, plan, y, groups, done, records_path, run_id, features_m
                                            "best_params": res.get("best_params") if isinstance(res, dict) else None},
                                           default=str),
                         time=_now())
+            for w in res.get("warnings", []):
+                warned.setdefault((label, c["label"], w), []).append(s.index)
             if "error" in res:
                 rec.append(records_path, rec.make_record(**base, status="failed", error=res["error"]))
                 log.warning("cell %s failed: %s", cid, res["error"])
@@ -706,11 +709,22 @@ def _run_cells(ctx, cfg, plan, y, groups, done, records_path, run_id, features_m
     finally:
         if bar is not None:
             bar.close()
+        for (label, clf, w), splits in warned.items():
+            log.warning("%s + %s: %s (in %d of %d splits)", label, clf, w, len(splits),
+                        len(plan.splits))
 
 
 def _safe_cell(*args):
+    """Run a cell in a worker: errors become a failed record, library warnings (e.g. an MLP
+    that did not converge) are returned for one summary line instead of flooding stderr."""
+    import warnings
     try:
-        return run_cell(*args)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            out = run_cell(*args)
+        out["warnings"] = sorted({f"{w.category.__name__}: {str(w.message).splitlines()[0][:120]}"
+                                  for w in caught})
+        return out
     except BenchError as exc:
         return {"error": f"{exc.message}" + (f" ({exc.hint})" if exc.hint else "")}
     except Exception as exc:  # noqa: BLE001 - a failing cell is recorded, the others go on
