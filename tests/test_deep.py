@@ -113,11 +113,15 @@ def test_preprocess_is_cv2_resize_then_keras_preprocess_input(file_extractor, im
     import keras
     x = file_extractor.preprocess(images)
     assert x.shape == (len(images), SIZE, SIZE, 3) and x.dtype == np.float32
-    def cv2_resize(im):  # area when shrinking both sides, bilinear otherwise
-        shrink = im.shape[0] >= SIZE and im.shape[1] >= SIZE
+    def cv2_resize(im):  # area when shrinking both sides by 2x or more, bilinear otherwise
+        big = im.shape[0] >= 2 * SIZE or im.shape[1] >= 2 * SIZE
+        shrink = big and im.shape[0] >= SIZE and im.shape[1] >= SIZE
         return cv2.resize(im, (SIZE, SIZE), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-    assert any(im.shape[0] >= SIZE and im.shape[1] >= SIZE for im in images)
+    images = list(images) + [cv2.resize(images[0], (2 * SIZE + 10, 2 * SIZE + 4))]  # a >= 2x reduction
+    assert any(im.shape[0] >= 2 * SIZE and im.shape[1] >= 2 * SIZE for im in images)
+    assert any(SIZE <= im.shape[0] < 2 * SIZE and SIZE <= im.shape[1] < 2 * SIZE for im in images)
     assert any(im.shape[0] < SIZE for im in images)
+    x = file_extractor.preprocess(images)
     ref = np.stack([cv2_resize(im) for im in images])
     ref = keras.applications.mobilenet_v2.preprocess_input(ref.astype(np.float32))
     np.testing.assert_allclose(x, ref, atol=1e-6)
