@@ -48,8 +48,9 @@ class Extractor(BaseEstimator, TransformerMixin):
 
     def transform(self, images: Sequence[np.ndarray]) -> np.ndarray:
         rows = [np.asarray(self.extract_one(im), dtype=np.float32).ravel() for im in images]
-        if not rows:
-            return np.zeros((0, 0), dtype=np.float32)
+        if not rows:  # keep the width when the extractor knows it
+            width = self.n_features() if hasattr(self, "n_features") else 0
+            return np.zeros((0, width), dtype=np.float32)
         return np.stack(rows).astype(np.float32, copy=False)
 
     # -- engine contract -------------------------------------------------

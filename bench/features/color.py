@@ -96,7 +96,4 @@ class ColorHistogram(Extractor):
 
     def transform(self, images: Sequence[np.ndarray]) -> np.ndarray:
         self._check()
-        rows = [self.extract_one(im) for im in images]
-        if not rows:
-            return np.zeros((0, self.n_features()), dtype=np.float32)
-        return np.stack(rows).astype(np.float32)
+        return super().transform(images)
