@@ -136,14 +136,18 @@ def _finish(run_dir: Path, cfg: dict, args) -> int:
     if formats:
         from . import report
         out = Path(cfg["output"]["reports_dir"]) / run_dir.name
-        paths = report.build(run_dir, out, formats=tuple(formats))
-        main = paths.get("html") or next(iter(paths.values()), None)
-        for kind, p in paths.items():
-            if p != main and kind in ("pdf", "summary_pdf"):
-                print(f"{kind}: {p}")
-        if main:
-            print(f"report: {main}")
+        _print_report_paths(report.build(run_dir, out, formats=tuple(formats)))
     return 0
+
+
+def _print_report_paths(paths: dict) -> None:
+    """The PDFs, then the main report as the last line (what a user opens)."""
+    main = paths.get("html") or paths.get("pdf")
+    for kind in ("pdf", "summary_pdf"):
+        if paths.get(kind) and paths[kind] != main:
+            print(f"{kind}: {paths[kind]}")
+    if main:
+        print(f"report: {main}")
 
 
 def cmd_list(args) -> int:
@@ -179,12 +183,7 @@ def cmd_report(args) -> int:
     bad = [f for f in formats if f not in ("html", "pdf")]
     if bad:
         raise BenchError(f"--format {','.join(bad)} is not supported", "use html, pdf or html,pdf")
-    paths = report.build(run_dir, out, formats=formats)
-    main = paths.get("html") or next(iter(paths.values()), None)
-    for kind, p in paths.items():
-        if p != main and kind in ("pdf", "summary_pdf"):
-            print(f"{kind}: {p}")
-    print(f"report: {main}")
+    _print_report_paths(report.build(run_dir, out, formats=formats))
     return 0
 
 

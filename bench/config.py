@@ -137,8 +137,8 @@ def _check_int(key, value, minimum=None):
         raise ConfigError(f"{key}: must be >= {minimum}, got {value}", f"set {key} to at least {minimum}")
 
 
-def _check_choice(key, value):
-    allowed = CHOICES[key]
+def _check_choice(key, value, allowed=None):
+    allowed = CHOICES[key] if allowed is None else allowed
     if value not in allowed:
         shown = ", ".join("null" if a is None else str(a).lower() if isinstance(a, bool) else str(a)
                           for a in allowed)
@@ -173,10 +173,8 @@ def _norm_prepare(key, value, base=None) -> dict:
         raise _type_error(key, value, "a mapping like {color: gray, size: [64, 64]}")
     _check_keys(key, value, DEFAULTS["prepare"].keys())
     out.update(value)
-    CHOICES[f"{key}.color"] = CHOICES["prepare.color"]
-    CHOICES[f"{key}.interpolation"] = CHOICES["prepare.interpolation"]
-    _check_choice(f"{key}.color", out["color"])
-    _check_choice(f"{key}.interpolation", out["interpolation"])
+    _check_choice(f"{key}.color", out["color"], CHOICES["prepare.color"])
+    _check_choice(f"{key}.interpolation", out["interpolation"], CHOICES["prepare.interpolation"])
     out["size"] = _norm_size(f"{key}.size", out["size"])
     out["crop"] = _norm_size(f"{key}.crop", out["crop"])
     dr = out["depth_range"]

@@ -255,11 +255,15 @@ def class_scores(fitted, X) -> np.ndarray:
     return _softmax(fitted.decision_function(X))
 
 
+def _accepts(factory, name: str) -> bool:
+    import inspect
+    return name in inspect.signature(factory).parameters
+
+
 def build_pipeline(fold_stage, clf_spec: dict, seed: int) -> Pipeline:
     entry = CLASSIFIERS.entry(clf_spec["name"], where="classifiers")
     params = dict(clf_spec.get("params") or {})
-    import inspect
-    if "random_state" in inspect.signature(entry.obj).parameters and "random_state" not in params:
+    if _accepts(entry.obj, "random_state") and "random_state" not in params:
         params["random_state"] = seed
     est = CLASSIFIERS.create(clf_spec["name"], where=f"classifiers ({clf_spec['label']})", **params)
     steps = []
@@ -447,16 +451,12 @@ def run(cfg: dict, *, progress: Progress | None = None, new: bool = False,
 
     # dataset
     ds_params = {k: v for k, v in cfg["dataset"].items() if k != "kind"}
-    if cfg.get("on_bad_image") and "on_bad_image" not in ds_params:
-        entry = DATASETS.entry(cfg["dataset"]["kind"], where="dataset.kind")
-        import inspect
-        if "on_bad_image" in inspect.signature(entry.obj).parameters:
-            ds_params["on_bad_image"] = cfg["on_bad_image"]
-    if cfg["cache"]["dir"] and "cache_dir" not in ds_params:
-        import inspect
-        entry = DATASETS.entry(cfg["dataset"]["kind"], where="dataset.kind")
-        if "cache_dir" in inspect.signature(entry.obj).parameters:  # generated scenes live there
-            ds_params["cache_dir"] = str(Path(cfg["cache"]["dir"]) / cfg["dataset"]["kind"])
+    ds_factory = DATASETS.get(cfg["dataset"]["kind"], where="dataset.kind")
+    if cfg.get("on_bad_image") and "on_bad_image" not in ds_params and _accepts(ds_factory, "on_bad_image"):
+        ds_params["on_bad_image"] = cfg["on_bad_image"]
+    if cfg["cache"]["dir"] and "cache_dir" not in ds_params and _accepts(ds_factory, "cache_dir"):
+        # generated scenes live beside the features
+        ds_params["cache_dir"] = str(Path(cfg["cache"]["dir"]) / cfg["dataset"]["kind"])
     dataset = DATASETS.create(cfg["dataset"]["kind"], where="dataset", **ds_params)
     check_dataset_for_protocol(dataset.labels, dataset.class_names, cfg["protocol"], dataset.groups)
     _warn_cross_class_duplicates(dataset)
@@ -494,8 +494,7 @@ def run(cfg: dict, *, progress: Progress | None = None, new: bool = False,
     splits_path = run_dir / "splits.json"
     if splits_path.exists():
         plan = SplitPlan.load(splits_path)
-        if sum(len(s.test) for s in plan.splits[:plan.n_splits]) and \
-                max(int(s.test.max()) for s in plan.splits) >= len(dataset):
+        if any(np.concatenate([s.train, s.test]).max(initial=-1) >= len(dataset) for s in plan.splits):
             raise ResultsError(f"{splits_path} does not match the dataset ({len(dataset)} images)",
                                "the data changed since this run started: use --new for a fresh run")
     else:
@@ -669,7 +668,8 @@ def _run_cells(ctx, cfg, plan, y, groups, done, records_path, run_id, features_m
     if not todo:
         return
     workers = 1 if par["backend"] == "sequential" else n_workers(par["n_jobs"])
-    backend = None if par["backend"] in ("dask",) else ("loky" if par["backend"] == "sequential" else par["backend"])
+    # dask: the backend set by _parallel_backend's parallel_config; sequential: one worker
+    backend = {"dask": None, "sequential": "loky"}.get(par["backend"], par["backend"])
     n_classes = ctx.dataset.n_classes
     bar = progress(f"evaluate{' (' + variant + ')' if variant else ''}", len(todo)) if progress else None
 
