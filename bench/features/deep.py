@@ -327,6 +327,8 @@ class CNNFeatures(Extractor):
                "precision": self.precision, "device": getattr(self, "device_", None)}
         if resolved.note:
             out["weights_note"] = resolved.note
+        if resolved.hint:
+            out["weights_hint"] = resolved.hint
         if hasattr(self, "n_features_"):
             out["n_features"] = self.n_features_
         elif self.layer in bb.channels:
