@@ -7,7 +7,10 @@ sample std and a Student-t 95% interval (:func:`bench.stats.mean_ci`); failed fo
 are counted, never averaged in.
 
 Rows computed with randomly initialised CNN weights carry ``[random-init]`` in their
-display label (:func:`feature_display`) so they can never pass for pretrained rows.
+display label (:func:`feature_display`) so they can never pass for pretrained rows, and
+they are never a family's representative (:func:`best_by_family`): a family whose rows
+are all random-init is "not pretrained" (:func:`not_pretrained_families`) and left out
+of every verdict.
 """
 from __future__ import annotations
 
@@ -116,16 +119,43 @@ def sort_summary(df: pd.DataFrame, metric: str = "macro_f1") -> pd.DataFrame:
     return order.drop(columns=["_variant", "_nan"]).reset_index(drop=True)
 
 
-def best_by_family(summary: pd.DataFrame, metric: str = "macro_f1",
-                   dataset: str | None = None) -> dict[str, pd.Series]:
-    """The best main-protocol row (highest mean ``metric``) of each feature family."""
+def _scored_main(summary: pd.DataFrame, metric: str, dataset: str | None) -> pd.DataFrame:
     df = summary[(summary["variant"] == "") & summary[f"{metric}_mean"].notna()]
     if dataset is not None:
         df = df[df["dataset"] == dataset]
+    return df
+
+
+def _families(df: pd.DataFrame) -> list[str]:
+    present = set(df["family"])
+    return [f for f in FAMILY_ORDER if f in present] + sorted(present - set(FAMILY_ORDER))
+
+
+def best_by_family(summary: pd.DataFrame, metric: str = "macro_f1", dataset: str | None = None,
+                   pretrained_only: bool = True) -> dict[str, pd.Series]:
+    """The best main-protocol row (highest mean ``metric``) of each feature family.
+
+    With ``pretrained_only`` (the default, and what every verdict uses) random-init rows
+    are never chosen: a family with only random-init rows is absent from the result
+    (see :func:`not_pretrained_families`).
+    """
+    df = _scored_main(summary, metric, dataset)
+    if pretrained_only and len(df):
+        df = df[~df["weights"].map(is_random_init)]
     out: dict[str, pd.Series] = {}
-    for fam in FAMILY_ORDER + sorted(set(df["family"]) - set(FAMILY_ORDER)):
+    for fam in _families(df):
+        out[fam] = sort_summary(df[df["family"] == fam], metric).iloc[0]
+    return out
+
+
+def not_pretrained_families(summary: pd.DataFrame, metric: str = "macro_f1",
+                            dataset: str | None = None) -> dict[str, pd.Series]:
+    """Families whose every scored main-protocol row is random-init, with their best row."""
+    df = _scored_main(summary, metric, dataset)
+    out: dict[str, pd.Series] = {}
+    for fam in _families(df):
         sub = df[df["family"] == fam]
-        if len(sub):
+        if sub["weights"].map(is_random_init).all():
             out[fam] = sort_summary(sub, metric).iloc[0]
     return out
 

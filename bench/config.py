@@ -43,6 +43,7 @@ DEFAULTS: dict[str, Any] = {
     "count": None,
     "on_missing_weights": "random",
     "on_bad_image": None,
+    "offline": False,
 }
 
 # allowed values for enumerated keys
@@ -314,6 +315,8 @@ def validate(cfg: dict) -> dict:
             raise _type_error(f"report.{k}", rep[k], "true or false")
 
     _check_choice("on_missing_weights", cfg["on_missing_weights"])
+    if not isinstance(cfg["offline"], bool):
+        raise _type_error("offline", cfg["offline"], "true (never download weights) or false")
     _check_choice("on_bad_image", cfg["on_bad_image"])
 
     ft = cfg["finetune"] or []
@@ -381,8 +384,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def config_hash(cfg: dict) -> str:
-    """Stable hash of what determines the results (output paths and parallelism excluded)."""
-    relevant = {k: v for k, v in cfg.items() if k not in ("output", "parallel", "report")}
+    """Stable hash of what determines the results (output paths, parallelism and the offline
+    switch excluded: rows record the weights they got, and their labels say random-init)."""
+    relevant = {k: v for k, v in cfg.items() if k not in ("output", "parallel", "report", "offline")}
     text = json.dumps(relevant, sort_keys=True, default=str)
     return hashlib.blake2b(text.encode(), digest_size=4).hexdigest()
 

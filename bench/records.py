@@ -51,7 +51,7 @@ SCHEMA = {
     "n_features": "feature dimension seen by the classifier",
     "n_train": "training images",
     "n_test": "test images",
-    "weights": "n/a | imagenet | random-init | file:<path>",
+    "weights": "n/a | imagenet | imagenet (<package> <version>, sha256 <12 hex>) | random-init | file:<path>",
     "variant": "None, or e.g. 'random-split' for the leakage row, 'folds-subset' when only some folds ran",
     "params": "JSON string of the feature and classifier parameters",
     "cell_id": "unique id of the cell (also names its predictions file)",

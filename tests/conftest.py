@@ -1,4 +1,9 @@
-"""Test isolation: a private feature cache, Keras home and headless plotting."""
+"""Test isolation: a private feature cache, Keras home, no network, headless plotting.
+
+``BENCH_OFFLINE=1`` for the whole session: no test may reach for Keras' download of
+ImageNet weights; the download tests (tests/test_weights_download.py) lift it and
+serve files from 127.0.0.1.
+"""
 import os
 from pathlib import Path
 
@@ -16,9 +21,12 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 def _isolated_dirs(tmp_path_factory):
     cache = tmp_path_factory.mktemp("bench-cache")
     keras_home = tmp_path_factory.mktemp("keras-home")
-    old = {k: os.environ.get(k) for k in ("BENCH_CACHE_DIR", "KERAS_HOME")}
+    old = {k: os.environ.get(k) for k in ("BENCH_CACHE_DIR", "KERAS_HOME", "BENCH_OFFLINE",
+                                          "BENCH_WEIGHTS_URL_BASE")}
     os.environ["BENCH_CACHE_DIR"] = str(cache)
     os.environ["KERAS_HOME"] = str(keras_home)
+    os.environ["BENCH_OFFLINE"] = "1"
+    os.environ.pop("BENCH_WEIGHTS_URL_BASE", None)
     yield
     for k, v in old.items():
         if v is None:

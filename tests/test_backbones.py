@@ -21,13 +21,14 @@ from bench.registry import BACKBONES
 REQUIRED = ["vgg16", "vgg19", "resnet50", "resnet50v2", "inceptionv3", "xception", "mobilenetv2",
             "mobilenetv3small", "mobilenetv3large", "efficientnetb0", "efficientnetb1",
             "efficientnetb2", "efficientnetb3", "densenet121", "convnexttiny"]
+PACKAGED = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
 CHEAP = ["mobilenetv2", "mobilenetv3small", "convnexttiny"]  # name, ':input' and <output> refs
 STRIDE = {"block2": 4, "block3": 8, "block4": 16, "last": 32}
 
 
 def test_registry_lists_every_backbone_with_sizes_and_layers():
-    assert len(BACKBONES) >= 14
-    assert set(REQUIRED) <= set(BACKBONES.names())
+    assert len(BACKBONES) >= 17
+    assert set(REQUIRED) | set(PACKAGED) <= set(BACKBONES.names())
     for entry in BACKBONES:
         bb = entry.obj
         assert isinstance(bb, Backbone) and bb.name == entry.name and entry.description
@@ -36,6 +37,12 @@ def test_registry_lists_every_backbone_with_sizes_and_layers():
         assert {"block3", "block4", "last"} <= set(bb.layers) <= set(NAMED_LAYERS)
         assert set(bb.channels) == set(bb.layers) and all(c > 0 for c in bb.channels.values())
         assert bb.preprocessing in ("caffe", "tf", "torch", "in-model")
+        assert entry.meta["source"] == bb.source
+        if bb.source == "package":    # built by bench, weights from a pip package's checkpoint
+            assert bb.weights_file.endswith(".pth") and bb.package.file.endswith(bb.weights_file)
+            assert bb.preprocessing == "in-model" and bb.builder and bb.pretrained and bb.converter
+            continue
+        assert bb.source == "keras"
         assert bb.weights_file.endswith(".h5") and ("notop" in bb.weights_file
                                                     or "no_top" in bb.weights_file)
         assert bb.weights_url.startswith("https://")

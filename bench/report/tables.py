@@ -17,7 +17,7 @@ from sklearn.metrics import confusion_matrix, f1_score
 
 from .. import stats
 from ..aggregate import (FAMILY_ORDER, METRIC_NAMES, best_by_family, feature_display, fmt_ci, fmt_pm,
-                         is_random_init, row_label)
+                         is_random_init, not_pretrained_families, row_label)
 from .rundata import RunData
 
 ALPHA = 0.05
@@ -174,6 +174,50 @@ def weights_table(rd: RunData) -> Table:
                  numeric={4, 5}, caption="Weights provenance of every learned backbone")
 
 
+def _random_backbones(desc, out: dict) -> None:
+    """Collect ``backbone -> (note, hint)`` of random-init CNN parts in a describe() tree."""
+    if not isinstance(desc, dict):
+        return
+    if is_random_init(desc.get("weights")) and desc.get("backbone"):
+        out.setdefault(str(desc["backbone"]), (desc.get("weights_note"), desc.get("weights_hint")))
+    for p in desc.get("parts") or []:
+        _random_backbones(p, out)
+
+
+def weights_banner(rd: RunData) -> list[str]:
+    """Lines of the warning shown at the top of the report when rows use random weights:
+    which rows, which families are therefore "not pretrained", why, and how to supply
+    the weights. Empty when every learned row is pretrained."""
+    s = rd.summary
+    if not len(s):
+        return []
+    main = s[s["variant"] == ""]
+    rnd = main[main["weights"].map(is_random_init)]
+    if not len(rnd):
+        return []
+    feats = list(dict.fromkeys(feature_display(f, "random-init") for f in rnd["feature"]))
+    shown = ", ".join(feats[:6]) + (f" and {len(feats) - 6} more" if len(feats) > 6 else "")
+    many = len(feats) != 1
+    lines = [f"Not pretrained: {len(feats)} feature{'s' if many else ''} ({shown}) "
+             f"use{'' if many else 's'} randomly initialised CNN weights: flagged [random-init], never "
+             "the representative of a family in a verdict."]
+    unp = not_pretrained_families(s)
+    if unp:
+        names = ", ".join(FAMILY_TITLES.get(f, f) for f in unp)
+        lines.append(f"Family {names}: not pretrained (only random-init rows), excluded from the headline.")
+    backbones: dict = {}
+    for f in rd.features.values():
+        _random_backbones(f.get("describe") or {}, backbones)
+    for name, (note, hint) in backbones.items():
+        why = f"{note.rstrip('.')}." if note else "random weights were asked for (weights: random)."
+        lines.append(f"{name}: {why}" + (f" To supply them: {hint}." if hint else ""))
+    if not backbones or any(not hint for _, hint in backbones.values()):
+        lines.append("ImageNet weights come, in this order, from a package (backbone efficientnet_lite0 "
+                     "works offline), the Keras cache or Keras' download when online (not with "
+                     "offline: true / BENCH_OFFLINE=1), or a file named with weights: /path/to/file.h5.")
+    return lines
+
+
 # --------------------------------------------------------------------------- leaderboard
 def leaderboard(summary: pd.DataFrame, top: int | None = None, name: str = "leaderboard") -> Table:
     """All rows: mean ± std and 95% interval (percent), costs, dimension and folds."""
@@ -224,15 +268,29 @@ def leaderboard(summary: pd.DataFrame, top: int | None = None, name: str = "lead
 
 # --------------------------------------------------------------------------- families
 def family_table(summary: pd.DataFrame, dataset: str | None = None) -> Table:
-    """Best row of each family and its macro-F1 difference to the best hand-crafted row."""
+    """Best row of each family and its macro-F1 difference to the best hand-crafted row.
+
+    Only pretrained rows represent a family; a family with only random-init rows is
+    listed as "not pretrained" (its best random row shown, no Δ).
+    """
     best = best_by_family(summary, dataset=dataset)
+    unpretrained = not_pretrained_families(summary, dataset=dataset)
     ref = best.get("handcrafted")
     rows = []
-    for fam, r in best.items():
-        delta = "" if ref is None or fam == "handcrafted" else \
-            f"{100 * (r['macro_f1_mean'] - ref['macro_f1_mean']):+.1f}"
+    order = [f for f in FAMILY_ORDER if f in best or f in unpretrained] + \
+        [f for f in list(best) + list(unpretrained) if f not in FAMILY_ORDER]
+    for fam in dict.fromkeys(order):
+        if fam in best:
+            r = best[fam]
+            delta = "" if ref is None or fam == "handcrafted" else \
+                f"{100 * (r['macro_f1_mean'] - ref['macro_f1_mean']):+.1f}"
+            row_cell = Cell(label_of(r))
+        else:
+            r, delta = unpretrained[fam], ""
+            row_cell = Cell(f"not pretrained: {label_of(r)}", cls="warn",
+                            title="every row of this family uses random weights; excluded from the verdict")
         rows.append([Cell(FAMILY_TITLES.get(fam, fam), fam, f"fam-{css_token(fam)}"),
-                     Cell(label_of(r), cls="warn" if is_random_init(r["weights"]) else ""),
+                     row_cell,
                      Cell(fmt_pm(r["macro_f1_mean"], r["macro_f1_std"]), _sortval(r["macro_f1_mean"]),
                           sub=fmt_ci(r["macro_f1_ci_low"], r["macro_f1_ci_high"])),
                      Cell(fmt_pm(r["accuracy_mean"], r["accuracy_std"]), _sortval(r["accuracy_mean"]),
@@ -242,9 +300,10 @@ def family_table(summary: pd.DataFrame, dataset: str | None = None) -> Table:
     return Table("families" + (f"-{css_token(dataset)}" if dataset else ""),
                  ["Family", "Best row", "Macro-F1 %", "Accuracy %", "Δ macro-F1 vs hand-crafted (points)",
                   "Cost s"], rows, {2, 3, 4, 5},
-                 "Best row of each feature family by mean macro-F1 (mean ± std, 95% interval below); "
-                 "Δ is in percentage points; cost = feature extraction for all images + one fit, "
-                 "in seconds.")
+                 "Best row of each feature family by mean macro-F1 among pretrained rows (mean ± std, "
+                 "95% interval below); Δ is in percentage points; cost = feature extraction for all "
+                 "images + one fit, in seconds. A family with only random-init rows is \"not "
+                 "pretrained\" and takes no part in the verdict.")
 
 
 def cost_seconds_row(r, n_images) -> float:
@@ -379,10 +438,19 @@ def family_comparisons(rd: RunData, dataset: str | None = None) -> list[Comparis
     return [compare_rows(rd, best[f], best[g]) for f, g in pairs]
 
 
-def verdict(c: Comparison | None, families_present: list[str] | None = None) -> str:
-    """One sentence a reader can quote; careful to say 'no significant difference' when so."""
+def verdict(c: Comparison | None, families_present: list[str] | None = None,
+            not_pretrained: list[str] | None = None) -> str:
+    """One sentence a reader can quote; careful to say 'no significant difference' when so.
+
+    ``not_pretrained``: families whose rows all use random weights (never compared).
+    """
     if c is None:
         fams = ", ".join(FAMILY_TITLES.get(f, f) for f in (families_present or [])) or "no"
+        if not_pretrained:
+            unp = ", ".join(FAMILY_TITLES.get(f, f) for f in not_pretrained)
+            return (f"No verdict against {unp} features: every such row uses random weights (not "
+                    f"pretrained), so {fams} rows are compared with nothing. Supply ImageNet weights "
+                    "(see the note above) for a real comparison.")
         return f"Only {fams} rows finished, so there is no cross-family comparison to make."
     a, b = label_of(c.a), label_of(c.b)
     pts = 100 * c.diff
@@ -461,7 +529,8 @@ def rank_table(fr: stats.FriedmanResult, name: str = "ranks") -> Table:
     return Table(name, ["Rank", "Row", "Average rank"], rows, {0, 2}, cap)
 
 
-__all__ = ["Cell", "Table", "leaderboard", "family_table", "header_facts", "weights_table", "confusion",
+__all__ = ["Cell", "Table", "leaderboard", "family_table", "header_facts", "weights_table", "weights_banner",
+           "confusion",
            "top_confusions", "per_class_f1", "compare_rows", "family_comparisons", "verdict",
            "comparisons_table", "failed_cells", "frame_table", "rank_table", "pareto_mask",
            "cost_seconds_row", "METRIC_NAMES", "MAX_CONFUSION_CLASSES"]
