@@ -24,6 +24,8 @@ examples:
   python -m bench run dataset.n_per_class=30 features=[hog,lbp] classifiers=[svm]
   python -m bench run dataset.kind=folder dataset.path=my_images dataset.group_pattern='^(\\d+)_'
   python -m bench run --new                             # a fresh run folder instead of resuming
+  python -m bench run dataset.kind=npz dataset.path=pathmnist.npz protocol.kind=predefined
+  python -m bench run --config pipelines/suite.yaml     # several datasets (datasets: [...]), one report
 
 Running the same command again resumes: finished cells are kept, the rest are computed.""",
     "list": """\
@@ -103,7 +105,12 @@ def _progress_factory(quiet: bool):
 
 
 def _attach_run_log(run_dir: Path) -> None:
+    root = logging.getLogger("bench")
+    for h in [h for h in root.handlers if getattr(h, "_bench_run_log", False)]:
+        root.removeHandler(h)  # a suite runs several datasets: each run logs to its own file
+        h.close()
     fh = logging.FileHandler(run_dir / "run.log")
+    fh._bench_run_log = True
     fh.setLevel(logging.DEBUG)
     fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger("bench").addHandler(fh)
@@ -120,6 +127,8 @@ def cmd_run(args) -> int:
     base = Path(args.config).resolve().parent if args.config else None
     if args.no_report:
         cfg["output"]["formats"] = []
+    if cfg.get("datasets"):
+        return _run_suite(cfg, args, base)
     ctx = engine.run(cfg, progress=_progress_factory(args.quiet), new=args.new,
                      on_run_dir=_attach_run_log, base_dir=base)
     return _finish(ctx.run_dir, cfg, args)
@@ -137,6 +146,25 @@ def _finish(run_dir: Path, cfg: dict, args) -> int:
         from . import report
         out = Path(cfg["output"]["reports_dir"]) / run_dir.name
         _print_report_paths(report.build(run_dir, out, formats=tuple(formats)))
+    return 0
+
+
+def _run_suite(cfg: dict, args, base) -> int:
+    from . import aggregate, suite
+    from . import records as rec
+    res = suite.run(cfg, progress=_progress_factory(args.quiet), new=args.new, on_run_dir=_attach_run_log,
+                    base_dir=base)
+    for label, run_dir in res.runs.items():
+        print(f"\n{label}:")
+        print(aggregate.leaderboard_text(aggregate.summarize(rec.load(run_dir / "records.jsonl")), max_rows=10))
+    print(f"\nresults: {res.suite_dir}")
+    if res.reports.get("suite"):
+        _print_report_paths(res.reports["suite"])
+    if res.failed:
+        print(f"error: {len(res.failed)} of {len(cfg['datasets'])} datasets failed: "
+              + "; ".join(f"{k}: {v}" for k, v in res.failed.items()), file=sys.stderr)
+        print("hint: fix them and run the same command again: finished datasets are kept", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -165,6 +193,10 @@ def cmd_list(args) -> int:
                 extra = (f"  [input {getattr(b, 'default_size', '?')} px, min {getattr(b, 'min_size', '?')};"
                          f" layers: {', '.join(getattr(b, 'layers', {}) or [])}]")
             print(f"  {e.name:<24} {e.description}{extra}")
+            if axis == "datasets":
+                from .data.datasets import example_of
+                if example_of(e):
+                    print(f"  {'':<24}   e.g. python -m bench run {example_of(e)}")
         print()
     return 0
 
