@@ -197,6 +197,9 @@ def cmd_list(args) -> int:
                 from .data.datasets import example_of
                 if example_of(e):
                     print(f"  {'':<24}   e.g. python -m bench run {example_of(e)}")
+        if axis == "datasets":
+            print("  several datasets in one run (a suite): in a pipeline file, "
+                  "datasets: [digits, faces, {kind: folder, path: my_images, prepare: {size: 64}}]")
         print()
     return 0
 

@@ -370,7 +370,7 @@ def encode_labels(parts: list[tuple[str, np.ndarray]], path: Path, names: list[s
         bad = ~np.isfinite(allv) | (allv != np.round(allv))
         if bad.any():
             key, idx = _locate(parts, int(np.flatnonzero(bad)[0]))
-            raise DataError(f"{path}: label {key}[{idx}] = {allv[bad][0]!r} is not an integer",
+            raise DataError(f"{path}: label {key}[{idx}] = {allv[bad][0].item()!r} is not an integer",
                             "labels must be class indices (integers) or class names (strings)")
         allv = allv.astype(np.int64)
         parts = [(k, v.astype(np.int64)) for k, v in parts]
