@@ -43,7 +43,8 @@ examples:
     "perf": """\
 examples:
   python -m bench perf                      # all speed benchmarks, writes docs/BENCHMARKS.md
-  python -m bench perf --only handcrafted --quick --no-write""",
+  python -m bench perf --only handcrafted --quick --no-write
+  python -m bench perf --only memory        # peak RSS of a 100,000-image npz through LBP""",
     "cache": """\
 examples:
   python -m bench cache info
@@ -308,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     cp.set_defaults(func=cmd_compare)
 
     pf = add("perf", "speed benchmarks (ratios against the plain way, measured in one run)")
-    pf.add_argument("--only", choices=["handcrafted", "deep", "cache"], default=None)
+    pf.add_argument("--only", choices=["handcrafted", "deep", "cache", "memory"], default=None)
     pf.add_argument("--quick", action="store_true", help="fewer images and repeats")
     pf.add_argument("--write", default="docs/BENCHMARKS.md", help="markdown file to update")
     pf.add_argument("--no-write", action="store_true")

@@ -167,3 +167,19 @@ def test_size_suggestion_for_small_images(tmp_path):
     s = suggest_prepare(npz_dataset(path))
     assert s["size"] is None and s["native"] == [28, 28]
     assert "native size" in s["reason"] and "upscale" in s["reason"]
+
+
+def test_perf_memory_case_measures_peak_rss_and_writes_its_section(tmp_path):
+    """`bench perf --only memory`, reduced: a fresh interpreter opens a compressed npz and runs
+    LBP; its VmHWM is reported against the 600 MB bound, in a section of its own."""
+    from bench import perf
+    rows = perf.run_memory_npz(n=3000)
+    (r,) = rows
+    assert r["n_images"] == 3000 and r["within_bound"] and 50 < r["peak_rss_mb"] < perf.NPZ_MEMORY_BOUND_MB
+    assert r["import_rss_mb"] <= r["open_rss_mb"] <= r["peak_rss_mb"]
+    md = tmp_path / "B.md"
+    md.write_text("# Benchmarks\n\n## Cache, parallelism and memory\n\nold table\n\n<!-- notes -->\n## Notes\n\nx\n")
+    perf.write_markdown(rows, md, quick=False, only="memory")
+    text = md.read_text()
+    assert "## Peak memory of an npz dataset" in text and "python -m bench perf --only memory" in text
+    assert "old table" in text and text.count("<!-- notes -->") == 1 and text.rstrip().endswith("x")
