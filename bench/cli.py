@@ -36,7 +36,8 @@ examples:
     "report": """\
 examples:
   python -m bench report results/default-1a2b3c4d
-  python -m bench report results/default-1a2b3c4d --format html""",
+  python -m bench report results/default-1a2b3c4d --format html
+  python -m bench report results/suite-1a2b3c4d          # a suite: every dataset's report and the suite's""",
     "compare": """\
 examples:
   python -m bench compare results/parcel-xxxx results/textures-yyyy --out reports/compare""",
@@ -208,6 +209,13 @@ def cmd_list(args) -> int:
 def cmd_report(args) -> int:
     from . import aggregate, report
     run_dir = Path(args.run_dir)
+    if (run_dir / "suite.json").exists():  # a suite folder: every dataset's report and the suite's
+        from . import suite
+        formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
+        out = Path(args.out) if args.out else Path("reports") / run_dir.resolve().name
+        paths = suite.rebuild_reports(run_dir, out, formats)
+        _print_report_paths(paths["suite"])
+        return 0
     if not (run_dir / "records.jsonl").exists():
         raise BenchError(f"{run_dir} is not a run folder (no records.jsonl)",
                          "pass a folder under results/, e.g. results/default-1a2b3c4d")

@@ -105,6 +105,22 @@ def run(cfg: dict, *, progress=None, new: bool = False, on_run_dir: Callable[[Pa
     return result
 
 
+def rebuild_reports(suite_dir, out_dir, formats=("html", "pdf")) -> dict:
+    """Rebuild every report of a finished (or partly finished) suite folder from its files."""
+    suite_dir = Path(suite_dir)
+    try:
+        status = json.loads((suite_dir / "suite.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ResultsError(f"cannot read {suite_dir / 'suite.json'}: {exc}",
+                           "pass a suite folder under results/ (it holds suite.json)") from None
+    runs = {label: suite_dir / info.get("run_dir", label) for label, info in status.get("datasets", {}).items()
+            if info.get("status") == "ok" and (suite_dir / info.get("run_dir", label) / "records.jsonl").exists()}
+    if not runs:
+        raise ResultsError(f"{suite_dir}: no dataset of this suite finished", "run the suite first")
+    return build_reports(suite_dir, runs, Path(out_dir), tuple(formats),
+                         title=f"{status.get('name', suite_dir.name)}: {len(status.get('datasets', {}))} datasets")
+
+
 def build_reports(suite_dir: Path, runs: dict, out_dir: Path, formats=("html", "pdf"),
                   title: str | None = None) -> dict:
     """Per-dataset reports in ``out_dir/<label>/``, then the suite report in ``out_dir``."""

@@ -42,11 +42,21 @@ def test_medmnist_layout_loads_with_official_split(tmp_path, compressed):
         np.testing.assert_array_equal(ds.load(i), images[i])
         assert ds.keys[i] == array_key(images[i], salt=SALT_GRAY)
     assert ds.ids[0] == "train_images/0" and ds.ids[-1] == "test_images/11"
-    assert ds.meta["split_counts"] == {"train": 30, "val": 6, "test": 12}
+    assert ds.meta["split_counts"] == [["train", 30], ["val", 6], ["test", 12]]
     assert ds.meta["storage"].startswith("extracted" if compressed else "in place")
     # compressed members go to the cache once; uncompressed ones are read in place
     extracted = sorted((tmp_path / "cache").glob("*.npy")) if (tmp_path / "cache").exists() else []
     assert (len(extracted) == 6) == compressed and (not extracted) == (not compressed)
+
+
+@pytest.mark.parametrize("compressed", [True, False])
+def test_fortran_ordered_arrays(tmp_path, compressed):
+    im = np.asfortranarray(np.random.default_rng(5).integers(0, 256, (5, 6, 7, 3), dtype=np.uint8))
+    (np.savez_compressed if compressed else np.savez)(tmp_path / "f.npz", images=im, labels=np.arange(5) % 2)
+    ds = npz_dataset(tmp_path / "f.npz", images_key="images", labels_key="labels", cache_dir=str(tmp_path / "c"))
+    for i in range(5):
+        np.testing.assert_array_equal(ds.load(i), im[i])
+        assert ds.keys[i] == array_key(im[i], salt="bench.npz/1/rgb")
 
 
 def test_compressed_members_are_extracted_once(tmp_path):

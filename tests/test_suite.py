@@ -130,3 +130,16 @@ def test_list_datasets_shows_new_kinds_with_examples(capsys):
                           ("folder", "dataset.kind=folder dataset.path=")):
         assert re.search(rf"^  {kind} .*\n.*e\.g\. python -m bench run {re.escape(example)}", out, re.M), kind
     assert "datasets: [" in out  # the suite form
+
+
+def test_report_rebuilds_a_suite_folder(tmp_path, capsys):
+    path = write_suite(tmp_path, [{"kind": "digits", "max_per_class": 6}, {"kind": "faces", "max_per_class": 6}])
+    assert main(["run", "--config", str(path), "--no-report"]) == 0
+    suite_dir = next((tmp_path / "results").glob("tiny-suite-*"))
+    assert not (tmp_path / "reports").exists()
+    capsys.readouterr()
+    out = tmp_path / "rebuilt"
+    assert main(["report", str(suite_dir), "--out", str(out), "--format", "html"]) == 0
+    assert f"report: {out / 'report.html'}" in capsys.readouterr().out
+    assert (out / "digits" / "report.html").is_file() and (out / "faces" / "report.html").is_file()
+    assert list(pd.read_csv(out / "tables" / "scores-per-dataset.csv").columns)[2:4] == ["digits", "faces"]

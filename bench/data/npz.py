@@ -527,7 +527,7 @@ def npz_dataset(path, images_key: str = "{split}_images", labels_key: str = "{sp
     in_place = all(not p.path.startswith(str(cache)) for p in parts)
     meta = {"kind": "npz", "path": str(file), "images_key": images_key, "labels_key": labels_key,
             "arrays": [ik for _, ik, _ in arrays],
-            "split_counts": {s: int(n) for s, n in zip([s for s, _, _ in arrays], np.diff(starts))}
+            "split_counts": [[s, int(n)] for s, n in zip([s for s, _, _ in arrays], np.diff(starts))]
             if templated else None,
             "image_shape": list(arrays[0][2].item_shape), "dtype": str(np.dtype(arrays[0][2].dtype)),
             "storage": "in place (uncompressed members)" if in_place else "extracted to the cache (compressed)",
