@@ -45,8 +45,7 @@ def test_manifest_loads_paths_labels_groups_split_and_metadata(tmp_path):
     assert ds.meta["metadata_columns"] == ["site"]
     assert ds.meta["metadata"][4] == {"site": "site1"}
     assert ds.ids[0] == "img/a_00.png" and ds.modality == "gray"
-    from data_helpers import rng_image as _r  # the image as written
-    expect = _r((16, 16), seed=3) // 4
+    expect = rng_image((16, 16), seed=3) // 4  # the image as written
     expect[:, 8:] += 150
     np.testing.assert_array_equal(ds.load(3), expect)
     # TSV, other column names, a subfolder manifest with ../ paths
@@ -158,3 +157,13 @@ def test_cli_bad_manifest_line(tmp_path, capsys):
                  "classifiers=[logreg]", "finetune=[]", f"output.results_dir={tmp_path / 'r'}"])
     err = capsys.readouterr().err
     assert code == 2 and "line 4, column 'path': 'img/missing.png' not found" in err and "hint:" in err
+
+
+def test_max_per_class_per_split(tmp_path):
+    rows = make_images(tmp_path, n=24)
+    ds = manifest_dataset(write_manifest(tmp_path / "m.csv", rows), max_per_class=2, seed=1)
+    assert sorted(zip(ds.split.tolist(), ds.labels.tolist())) == sorted(
+        [("train", 0)] * 2 + [("train", 1)] * 2 + [("test", 0)] * 2 + [("test", 1)] * 2)
+    for i, rel in enumerate(ds.ids):  # each kept row keeps its own path, label and metadata
+        j = int(rel.split("_")[1][:2])
+        assert ds.labels[i] == j % 2 and ds.meta["metadata"][i] == {"site": f"site{j % 3}"}

@@ -126,6 +126,69 @@ def _sorted_classes(values: list[str]) -> list[str]:
         return uniq
 
 
+def _check_rows(file: Path, rows: list[dict], columns: dict, has_group: bool, has_split: bool) -> dict:
+    """Validate every row (naming its line and column); resolve paths into ``row["__full__"]``
+    and normalise split names. Returns resolved path -> first line."""
+    path_column, label_column = columns["path"], columns["label"]
+    group_column, split_column = columns["group"], columns["split"]
+    root = file.parent
+    seen: dict[str, int] = {}
+    for row in rows:
+        p = row[path_column]
+        if not p:
+            raise _bad(file, row, path_column, "empty path", "every line needs an image path")
+        if not row[label_column]:
+            raise _bad(file, row, label_column, "empty label", "every image needs a class label")
+        if has_group and not row[group_column]:
+            raise _bad(file, row, group_column, "empty group",
+                       "give every image its group (e.g. the patient or photo id), or drop the column")
+        if has_split:
+            s = SPLIT_ALIASES.get(row[split_column].lower())
+            if s is None:
+                raise _bad(file, row, split_column, f"{row[split_column]!r} is not a split name",
+                           "use train, val or test")
+            row[split_column] = s
+        full = Path(os.path.expanduser(p))
+        full = full if full.is_absolute() else root / full
+        if not full.is_file():
+            raise _bad(file, row, path_column, f"{p!r} not found" + ("" if full.exists() else f" ({full})"),
+                       "paths are relative to the manifest's folder " f"({root})")
+        key = str(full.resolve())
+        if key in seen:
+            raise _bad(file, row, path_column, f"{p!r} is listed twice (first on line {seen[key]})",
+                       "list every image once")
+        seen[key] = row["__line__"]
+        row["__full__"] = full
+
+    return seen
+
+
+def _subsample(labels: np.ndarray, splits, max_per_class: int, seed: int) -> np.ndarray:
+    """Sorted row indices keeping at most ``max_per_class`` per class (per split, if any)."""
+    if splits is None:
+        return subsample_per_class(labels, max_per_class, seed)
+    splits = np.asarray(splits)
+    keep = []
+    for s in dict.fromkeys(splits.tolist()):
+        idx = np.flatnonzero(splits == s)
+        keep.append(idx[subsample_per_class(labels[idx], max_per_class, seed)])
+    return np.sort(np.concatenate(keep))
+
+
+def _modality(kinds: set, color: str, file: Path) -> tuple[str, str]:
+    """(modality, loader target) from the probed image kinds, as the folder dataset decides."""
+    if "depth" in kinds and kinds != {"depth"}:
+        raise DataError(f"{file} mixes depth maps (2-D float .npy) with images",
+                        "list depth maps and images in separate manifests")
+    if kinds == {"depth"}:
+        return "depth", "keep"
+    if color == "gray":
+        return "gray", "gray"
+    if color == "rgb" or kinds == {"gray", "rgb"}:
+        return "rgb", "rgb"
+    return next(iter(kinds)), "keep"
+
+
 @DATASETS.register("manifest", "Image files listed in a CSV/TSV (path,label[,group][,split][,metadata]), "
                                "paths relative to the manifest",
                    example="dataset.kind=manifest dataset.path=labels.csv")
@@ -169,49 +232,14 @@ def manifest_dataset(path, path_column: str = "path", label_column: str = "label
     has_split = split_column in header
     meta_cols = [h for h in header if h not in columns.values()]
 
-    seen: dict[str, int] = {}
-    for row in rows:
-        p = row[path_column]
-        if not p:
-            raise _bad(file, row, path_column, "empty path", "every line needs an image path")
-        if not row[label_column]:
-            raise _bad(file, row, label_column, "empty label", "every image needs a class label")
-        if has_group and not row[group_column]:
-            raise _bad(file, row, group_column, "empty group",
-                       "give every image its group (e.g. the patient or photo id), or drop the column")
-        if has_split:
-            s = SPLIT_ALIASES.get(row[split_column].lower())
-            if s is None:
-                raise _bad(file, row, split_column, f"{row[split_column]!r} is not a split name",
-                           "use train, val or test")
-            row[split_column] = s
-        full = Path(os.path.expanduser(p))
-        full = full if full.is_absolute() else root / full
-        if not full.is_file():
-            raise _bad(file, row, path_column, f"{p!r} not found" + ("" if full.exists() else f" ({full})"),
-                       "paths are relative to the manifest's folder " f"({root})")
-        key = str(full.resolve())
-        if key in seen:
-            raise _bad(file, row, path_column, f"{p!r} is listed twice (first on line {seen[key]})",
-                       "list every image once")
-        seen[key] = row["__line__"]
-        row["__full__"] = full
+    seen = _check_rows(file, rows, columns, has_group, has_split)
 
     class_names = _sorted_classes([r[label_column] for r in rows])
     index = {c: i for i, c in enumerate(class_names)}
     labels = np.array([index[r[label_column]] for r in rows], dtype=np.int64)
     if max_per_class is not None:
-        if has_split:
-            keep = []
-            splits = np.array([r[split_column] for r in rows])
-            for s in dict.fromkeys(splits.tolist()):
-                idx = np.flatnonzero(splits == s)
-                keep.append(idx[subsample_per_class(labels[idx], max_per_class, seed)])
-            keep = np.sort(np.concatenate(keep))
-        else:
-            keep = subsample_per_class(labels, max_per_class, seed)
-        rows = [rows[i] for i in keep]
-        labels = labels[keep]
+        keep = _subsample(labels, [r[split_column] for r in rows] if has_split else None, max_per_class, seed)
+        rows, labels = [rows[i] for i in keep], labels[keep]
 
     scanned = _scan([r["__full__"] for r in rows], full=(on_bad_image == "skip"))
     bad = [(f"{r['__full__']} (line {r['__line__']})", reason)
@@ -227,18 +255,7 @@ def manifest_dataset(path, path_column: str = "path", label_column: str = "label
             raise DataError(f"after skipping unreadable images, {file} has fewer than 2 classes left",
                             "fix the files")
 
-    kinds = {k for _, k, _ in scanned}
-    if "depth" in kinds and kinds != {"depth"}:
-        raise DataError(f"{file} mixes depth maps (2-D float .npy) with images",
-                        "list depth maps and images in separate manifests")
-    if kinds == {"depth"}:
-        modality, target = "depth", "keep"
-    elif color == "gray":
-        modality, target = "gray", "gray"
-    elif color == "rgb" or kinds == {"gray", "rgb"}:
-        modality, target = "rgb", "rgb"
-    else:
-        modality, target = kinds.pop(), "keep"
+    modality, target = _modality({k for _, k, _ in scanned}, color, file)
 
     digests = tuple(d for d, _, _ in scanned)
     salt = f"bench.folder/{LOADER_VERSION}/{target}/"  # same bytes, same pixels as a folder dataset

@@ -425,6 +425,51 @@ def _default_cache() -> Path:
     return default_dir() / "npz"
 
 
+def _read_arrays(file: Path, cache: Path, pairs, class_names_key: str):
+    """Locate and check the (split, images key, labels key) arrays; read labels and class names.
+
+    Returns ``[(split, images_key, ArrayOnDisk)]``, ``[(labels_key, labels)]`` (empty splits
+    dropped) and the file's class-name array or None."""
+    npz = NpzFile(file, cache)
+    try:
+        found = [(s, ik, lk) for s, ik, lk in pairs if ik in npz.infos or lk in npz.infos]
+        if not found:
+            raise DataError(f"{file}: no arrays named {', '.join(ik for _, ik, _ in pairs)} "
+                            f"(the file has: {', '.join(npz.names()) or 'nothing'})",
+                            "set dataset.images_key / dataset.labels_key to the array names, e.g. "
+                            "images_key: x_{split} or images_key: images (no split)")
+        for s, ik, lk in found:
+            for key in (ik, lk):
+                if key not in npz.infos:
+                    raise DataError(f"{file}: {'labels' if key == lk else 'images'} array {key!r} is "
+                                    f"missing for split {s!r}" if s else f"{file}: array {key!r} is missing",
+                                    f"the file has: {', '.join(npz.names())}")
+        arrays, raw_labels = [], []
+        for s, ik, lk in found:
+            a = npz.array(ik)
+            if len(a.shape) not in (3, 4) or (len(a.shape) == 4 and a.shape[3] not in (1, 3, 4)):
+                raise DataError(f"{file}: images {ik!r} have shape {a.shape}",
+                                "expected (n, h, w) gray or (n, h, w, c) with c = 1, 3 or 4")
+            if np.dtype(a.dtype).kind not in "biuf":
+                raise DataError(f"{file}: images {ik!r} have dtype {a.dtype}",
+                                "store pixels as integers, floats in [0, 1] or booleans")
+            lab = _labels_1d(npz.small(lk), file, lk)
+            if len(lab) != a.shape[0]:
+                raise DataError(f"{file}: {ik!r} holds {a.shape[0]} images but {lk!r} {len(lab)} labels",
+                                "every image needs exactly one label")
+            if a.shape[0] == 0:
+                log.warning("%s: split %s is empty; skipped", file, s)
+                continue
+            arrays.append((s, ik, a))
+            raw_labels.append((lk, lab))
+        if not arrays:
+            raise DataError(f"{file}: every image array is empty", "the file holds no images")
+        file_names = npz.small(class_names_key) if class_names_key in npz.infos else None
+    finally:
+        npz.close()
+    return arrays, raw_labels, file_names
+
+
 @DATASETS.register("npz", "Arrays in an .npz (MedMNIST layout train_/val_/test_images|labels), "
                           "official split kept, memory-mapped",
                    example="dataset.kind=npz dataset.path=pathmnist.npz protocol.kind=predefined")
@@ -465,45 +510,9 @@ def npz_dataset(path, images_key: str = "{split}_images", labels_key: str = "{sp
         raise ConfigError("dataset.images_key and dataset.labels_key must both use '{split}' or neither",
                           f"got images_key={images_key!r}, labels_key={labels_key!r}")
     cache = Path(os.path.expanduser(cache_dir)) if cache_dir else _default_cache()
-    npz = NpzFile(file, cache)
-    try:
-        pairs = ([(s, images_key.format(split=s), labels_key.format(split=s)) for s in splits]
-                 if templated else [(None, images_key, labels_key)])
-        found = [(s, ik, lk) for s, ik, lk in pairs if ik in npz.infos or lk in npz.infos]
-        if not found:
-            raise DataError(f"{file}: no arrays named {', '.join(ik for _, ik, _ in pairs)} "
-                            f"(the file has: {', '.join(npz.names()) or 'nothing'})",
-                            "set dataset.images_key / dataset.labels_key to the array names, e.g. "
-                            "images_key: x_{split} or images_key: images (no split)")
-        for s, ik, lk in found:
-            for key in (ik, lk):
-                if key not in npz.infos:
-                    raise DataError(f"{file}: {'labels' if key == lk else 'images'} array {key!r} is "
-                                    f"missing for split {s!r}" if s else f"{file}: array {key!r} is missing",
-                                    f"the file has: {', '.join(npz.names())}")
-        arrays, raw_labels = [], []
-        for s, ik, lk in found:
-            a = npz.array(ik)
-            if len(a.shape) not in (3, 4) or (len(a.shape) == 4 and a.shape[3] not in (1, 3, 4)):
-                raise DataError(f"{file}: images {ik!r} have shape {a.shape}",
-                                "expected (n, h, w) gray or (n, h, w, c) with c = 1, 3 or 4")
-            if np.dtype(a.dtype).kind not in "biuf":
-                raise DataError(f"{file}: images {ik!r} have dtype {a.dtype}",
-                                "store pixels as integers, floats in [0, 1] or booleans")
-            lab = _labels_1d(npz.small(lk), file, lk)
-            if len(lab) != a.shape[0]:
-                raise DataError(f"{file}: {ik!r} holds {a.shape[0]} images but {lk!r} {len(lab)} labels",
-                                "every image needs exactly one label")
-            if a.shape[0] == 0:
-                log.warning("%s: split %s is empty; skipped", file, s)
-                continue
-            arrays.append((s, ik, a))
-            raw_labels.append((lk, lab))
-        if not arrays:
-            raise DataError(f"{file}: every image array is empty", "the file holds no images")
-        file_names = npz.small(class_names_key) if class_names_key in npz.infos else None
-    finally:
-        npz.close()
+    pairs = ([(s, images_key.format(split=s), labels_key.format(split=s)) for s in splits]
+             if templated else [(None, images_key, labels_key)])
+    arrays, raw_labels, file_names = _read_arrays(file, cache, pairs, class_names_key)
     names = _class_names(class_names, file_names)
     labels_per, names = encode_labels(raw_labels, file, names)
 
