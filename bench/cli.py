@@ -158,7 +158,8 @@ def _run_suite(cfg: dict, args, base) -> int:
                     base_dir=base)
     for label, run_dir in res.runs.items():
         print(f"\n{label}:")
-        print(aggregate.leaderboard_text(aggregate.summarize(rec.load(run_dir / "records.jsonl")), max_rows=10))
+        summary = aggregate.summarize(rec.load(run_dir / "records.jsonl"))
+        print(aggregate.leaderboard_text(summary, max_rows=10))
     print(f"\nresults: {res.suite_dir}")
     if res.reports.get("suite"):
         _print_report_paths(res.reports["suite"])

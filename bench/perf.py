@@ -277,8 +277,9 @@ def _memory_block(rows: list[dict], stamp: str, cmd: str) -> str:
            "open s | LBP s | bound |", "|---|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         ok = "met" if r["within_bound"] else "NOT met"
-        out.append(f"| {r['what']} | {r['peak_rss_mb']:.0f} | {r['import_rss_mb']:.0f} | {r['open_rss_mb']:.0f} | "
-                   f"{r['images_mb']:.0f} | {r['open_s']:.1f} | {r['bench_s']:.1f} | < {r['bound_mb']} MB: {ok} |")
+        out.append(f"| {r['what']} | {r['peak_rss_mb']:.0f} | {r['import_rss_mb']:.0f} | "
+                   f"{r['open_rss_mb']:.0f} | {r['images_mb']:.0f} | {r['open_s']:.1f} | "
+                   f"{r['bench_s']:.1f} | < {r['bound_mb']} MB: {ok} |")
     out += ["", "Opening extracts each compressed member once to a raw `.npy` in the cache (streamed, 1 MiB "
             "at a time) and hashes every image in 8 MiB blocks; extraction reads one image per `os.pread`, "
             "so neither the file nor the decompressed arrays are held in memory. Timings are from a shared "

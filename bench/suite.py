@@ -100,8 +100,9 @@ def run(cfg: dict, *, progress=None, new: bool = False, on_run_dir: Callable[[Pa
     _write_json(suite_dir / "suite.json", status)
     formats = tuple(cfg["output"]["formats"] or ())
     if report and formats and result.runs:
-        result.reports = build_reports(suite_dir, result.runs, Path(cfg["output"]["reports_dir"]) / suite_dir.name,
-                                       formats, title=f"{cfg['name']}: {len(members)} datasets")
+        out_dir = Path(cfg["output"]["reports_dir"]) / suite_dir.name
+        result.reports = build_reports(suite_dir, result.runs, out_dir, formats,
+                                       title=f"{cfg['name']}: {len(members)} datasets")
     return result
 
 
@@ -113,12 +114,14 @@ def rebuild_reports(suite_dir, out_dir, formats=("html", "pdf")) -> dict:
     except (OSError, ValueError) as exc:
         raise ResultsError(f"cannot read {suite_dir / 'suite.json'}: {exc}",
                            "pass a suite folder under results/ (it holds suite.json)") from None
-    runs = {label: suite_dir / info.get("run_dir", label) for label, info in status.get("datasets", {}).items()
-            if info.get("status") == "ok" and (suite_dir / info.get("run_dir", label) / "records.jsonl").exists()}
+    datasets = status.get("datasets", {})
+    runs = {label: suite_dir / info.get("run_dir", label) for label, info in datasets.items()
+            if info.get("status") == "ok"
+            and (suite_dir / info.get("run_dir", label) / "records.jsonl").exists()}
     if not runs:
         raise ResultsError(f"{suite_dir}: no dataset of this suite finished", "run the suite first")
     return build_reports(suite_dir, runs, Path(out_dir), tuple(formats),
-                         title=f"{status.get('name', suite_dir.name)}: {len(status.get('datasets', {}))} datasets")
+                         title=f"{status.get('name', suite_dir.name)}: {len(datasets)} datasets")
 
 
 def build_reports(suite_dir: Path, runs: dict, out_dir: Path, formats=("html", "pdf"),

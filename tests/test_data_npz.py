@@ -53,7 +53,8 @@ def test_medmnist_layout_loads_with_official_split(tmp_path, compressed):
 def test_fortran_ordered_arrays(tmp_path, compressed):
     im = np.asfortranarray(np.random.default_rng(5).integers(0, 256, (5, 6, 7, 3), dtype=np.uint8))
     (np.savez_compressed if compressed else np.savez)(tmp_path / "f.npz", images=im, labels=np.arange(5) % 2)
-    ds = npz_dataset(tmp_path / "f.npz", images_key="images", labels_key="labels", cache_dir=str(tmp_path / "c"))
+    ds = npz_dataset(tmp_path / "f.npz", images_key="images", labels_key="labels",
+                     cache_dir=str(tmp_path / "c"))
     for i in range(5):
         np.testing.assert_array_equal(ds.load(i), im[i])
         assert ds.keys[i] == array_key(im[i], salt="bench.npz/1/rgb")
@@ -77,7 +78,8 @@ def test_same_pixels_same_key_across_files_and_splits(tmp_path):
              test_labels=lab[2:])
     np.savez_compressed(tmp_path / "b.npz", images=im, labels=lab)
     a = npz_dataset(tmp_path / "a.npz", cache_dir=str(tmp_path / "c"))
-    b = npz_dataset(tmp_path / "b.npz", images_key="images", labels_key="labels", cache_dir=str(tmp_path / "c"))
+    b = npz_dataset(tmp_path / "b.npz", images_key="images", labels_key="labels",
+                    cache_dir=str(tmp_path / "c"))
     assert a.keys == b.keys and a.keys[0] == a.keys[3] and len(set(a.keys)) == 3
     assert b.split is None and a.split.tolist() == ["train", "train", "test", "test"]
 
@@ -188,7 +190,8 @@ def test_perf_memory_case_measures_peak_rss_and_writes_its_section(tmp_path):
     assert r["n_images"] == 3000 and r["within_bound"] and 50 < r["peak_rss_mb"] < perf.NPZ_MEMORY_BOUND_MB
     assert r["import_rss_mb"] <= r["open_rss_mb"] <= r["peak_rss_mb"]
     md = tmp_path / "B.md"
-    md.write_text("# Benchmarks\n\n## Cache, parallelism and memory\n\nold table\n\n<!-- notes -->\n## Notes\n\nx\n")
+    md.write_text("# Benchmarks\n\n## Cache, parallelism and memory\n\nold table\n\n"
+                  "<!-- notes -->\n## Notes\n\nx\n")
     perf.write_markdown(rows, md, quick=False, only="memory")
     text = md.read_text()
     assert "## Peak memory of an npz dataset" in text and "python -m bench perf --only memory" in text

@@ -56,7 +56,8 @@ def test_suite_runs_every_dataset_and_reports_ranks(tmp_path, capsys):
         "digits": "ok", "faces": "ok", "stripes": "ok"}
     # each dataset is an ordinary run folder, with its own prepare and protocol
     faces_cfg = yaml.safe_load((suite_dir / "faces" / "config.yaml").read_text())
-    assert faces_cfg["prepare"]["size"] == [32, 32] and faces_cfg["features"][0]["prepare"]["size"] == [32, 32]
+    assert faces_cfg["prepare"]["size"] == [32, 32]
+    assert faces_cfg["features"][0]["prepare"]["size"] == [32, 32]
     assert yaml.safe_load((suite_dir / "digits" / "config.yaml").read_text())["prepare"]["size"] is None
     assert json.loads((suite_dir / "stripes" / "splits.json").read_text())["kind"] == "predefined"
     n_cells = {d: len(records.load(suite_dir / d / "records.jsonl")) for d in ("digits", "faces", "stripes")}
@@ -133,7 +134,8 @@ def test_list_datasets_shows_new_kinds_with_examples(capsys):
 
 
 def test_report_rebuilds_a_suite_folder(tmp_path, capsys):
-    path = write_suite(tmp_path, [{"kind": "digits", "max_per_class": 6}, {"kind": "faces", "max_per_class": 6}])
+    path = write_suite(tmp_path, [{"kind": "digits", "max_per_class": 6},
+                                  {"kind": "faces", "max_per_class": 6}])
     assert main(["run", "--config", str(path), "--no-report"]) == 0
     suite_dir = next((tmp_path / "results").glob("tiny-suite-*"))
     assert not (tmp_path / "reports").exists()

@@ -13,7 +13,8 @@ __all__ = ["builtin", "folder", "manifest", "npz", "parcel", "EXAMPLES", "exampl
 
 EXAMPLES = {
     "folder": "dataset.kind=folder dataset.path=my_images   (my_images/<class>/*.png)",
-    "points": "dataset.kind=points dataset.path=scenes dataset.patch_size=64   (scenes/annotations.csv: image,x,y,class)",
+    "points": ("dataset.kind=points dataset.path=scenes dataset.patch_size=64   "
+               "(scenes/annotations.csv: image,x,y,class)"),
     "digits": "dataset.kind=digits",
     "faces": "dataset.kind=faces",
     "synthetic-parcel": "dataset.kind=synthetic-parcel dataset.n_per_class=30",

@@ -67,7 +67,8 @@ def read_manifest(path: Path, columns: dict, delimiter: str | None = None) -> tu
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise DataError(f"{path} is not UTF-8 text (byte {exc.start})", "save the manifest as UTF-8") from None
+        raise DataError(f"{path} is not UTF-8 text (byte {exc.start})",
+                        "save the manifest as UTF-8") from None
     except OSError as exc:
         raise DataError(f"cannot read manifest {path}: {exc.strerror}", "check the path") from None
     lines = text.splitlines()
@@ -88,7 +89,8 @@ def read_manifest(path: Path, columns: dict, delimiter: str | None = None) -> tu
                                                        if len(header) == 1 else ""))
     dup = sorted({h for h in header if header.count(h) > 1})
     if dup:
-        raise DataError(f"{path}, line 1: column(s) {', '.join(dup)} appear twice", "give columns distinct names")
+        raise DataError(f"{path}, line 1: column(s) {', '.join(dup)} appear twice",
+                        "give columns distinct names")
     rows = []
     while True:
         try:
@@ -105,7 +107,8 @@ def read_manifest(path: Path, columns: dict, delimiter: str | None = None) -> tu
         if len(fields) != len(header):
             raise DataError(f"{path}, line {line}: {len(fields)} fields, the header has {len(header)}",
                             f"every line needs the columns {delim.join(header)!r}"
-                            + ("; quote fields that contain the delimiter" if len(fields) > len(header) else ""))
+                            + ("; quote fields that contain the delimiter"
+                               if len(fields) > len(header) else ""))
         row = {h: f.strip() for h, f in zip(header, fields)}
         row["__line__"] = line
         rows.append(row)

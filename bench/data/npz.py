@@ -496,7 +496,8 @@ def npz_dataset(path, images_key: str = "{split}_images", labels_key: str = "{sp
     max_per_class = check_max_per_class(max_per_class)
     if isinstance(splits, str):
         splits = [splits]
-    if not isinstance(splits, (list, tuple)) or not splits or not all(isinstance(s, str) and s for s in splits):
+    if not isinstance(splits, (list, tuple)) or not splits \
+            or not all(isinstance(s, str) and s for s in splits):
         raise ConfigError(f"dataset.splits must be a list of split names, got {splits!r}",
                           "e.g. splits: [train, val, test]")
     file = Path(os.path.expanduser(str(path)))
@@ -539,7 +540,8 @@ def npz_dataset(path, images_key: str = "{split}_images", labels_key: str = "{sp
             "split_counts": [[s, int(n)] for s, n in zip([s for s, _, _ in arrays], np.diff(starts))]
             if templated else None,
             "image_shape": list(arrays[0][2].item_shape), "dtype": str(np.dtype(arrays[0][2].dtype)),
-            "storage": "in place (uncompressed members)" if in_place else "extracted to the cache (compressed)",
+            "storage": ("in place (uncompressed members)" if in_place
+                        else "extracted to the cache (compressed)"),
             "max_per_class": max_per_class, "seed": seed,
             "class_counts": np.bincount(labels, minlength=len(names)).tolist()}
     log.debug("npz dataset %s: %d images, %d classes (%s)", file, len(labels), len(names), meta["storage"])

@@ -134,7 +134,8 @@ def build_document(rd: RunData) -> Document:
                              "95% interval "
                              "below. The full leaderboard follows.")
         if T.is_predefined(rd):
-            key_table.caption = "Top rows by macro-F1 on the " + _spread_words(rd) + " The full leaderboard follows."
+            key_table.caption = ("Top rows by macro-F1 on the " + _spread_words(rd)
+                                 + " The full leaderboard follows.")
 
     # leaderboard
     s = Section("leaderboard", "Leaderboard")
@@ -468,10 +469,12 @@ def build_compare_document(runs: list[RunData], *, kind: str = "compare", title:
     facts = [("Runs", ", ".join(rd.run_id for rd in runs)),
              ("Datasets", ", ".join(dict.fromkeys(summary["dataset"])) if len(summary) else "-")]
     for rd, ds in zip(runs, labels):
-        facts.append((str(ds), f"{_protocol_of(rd)}; seed {rd.env.get('seed', '?')}; {len(rd.records)} cells"))
+        facts.append((str(ds), f"{_protocol_of(rd)}; seed {rd.env.get('seed', '?')}; "
+                               f"{len(rd.records)} cells"))
     key = next((b.value for b in ranks_section.blocks if b.kind == "figure"), None)
     top = T.leaderboard(summary[summary["variant"] == ""], top=10, name="top-rows") if len(summary) else None
     default_title = "Suite of datasets" if kind == "suite" else "Comparison of runs"
-    return Document(title=title or default_title, subtitle=f"{len(runs)} {'datasets' if kind == 'suite' else 'runs'}",
+    subtitle = f"{len(runs)} {'datasets' if kind == 'suite' else 'runs'}"
+    return Document(title=title or default_title, subtitle=subtitle,
                     run_id=kind, facts=facts, verdicts=verdicts, key_table=top, key_figure=key,
                     sections=sections, kind="compare")

@@ -428,8 +428,8 @@ def verdict(c: Comparison | None, families_present: list[str] | None = None) -> 
     if c.mcnemar is not None:
         tests.append(_p_phrase("McNemar", c.mcnemar.p))
     if c.boot is not None and np.isfinite(c.boot.ci_low):
-        tests.append(f"test-set bootstrap 95% interval of the difference {fmt_ci(c.boot.ci_low, c.boot.ci_high)} "
-                     "points")
+        tests.append("test-set bootstrap 95% interval of the difference "
+                     f"{fmt_ci(c.boot.ci_low, c.boot.ci_high)} points")
     tests_txt = "; ".join(tests) if tests else "no test possible: " + c.note
     if not np.isfinite(pts):
         return f"{a} and {b} share no finished split, so they cannot be compared."
