@@ -24,6 +24,8 @@ examples:
   python -m bench run dataset.n_per_class=30 features=[hog,lbp] classifiers=[svm]
   python -m bench run dataset.kind=folder dataset.path=my_images dataset.group_pattern='^(\\d+)_'
   python -m bench run --new                             # a fresh run folder instead of resuming
+  python -m bench run dataset.kind=npz dataset.path=pathmnist.npz protocol.kind=predefined
+  python -m bench run --config pipelines/suite.yaml     # several datasets (datasets: [...]), one report
 
 Running the same command again resumes: finished cells are kept, the rest are computed.""",
     "list": """\
@@ -34,14 +36,16 @@ examples:
     "report": """\
 examples:
   python -m bench report results/default-1a2b3c4d
-  python -m bench report results/default-1a2b3c4d --format html""",
+  python -m bench report results/default-1a2b3c4d --format html
+  python -m bench report results/suite-1a2b3c4d          # a suite: every dataset's report and the suite's""",
     "compare": """\
 examples:
   python -m bench compare results/parcel-xxxx results/textures-yyyy --out reports/compare""",
     "perf": """\
 examples:
   python -m bench perf                      # all speed benchmarks, writes docs/BENCHMARKS.md
-  python -m bench perf --only handcrafted --quick --no-write""",
+  python -m bench perf --only handcrafted --quick --no-write
+  python -m bench perf --only memory        # peak RSS of a 100,000-image npz through LBP""",
     "cache": """\
 examples:
   python -m bench cache info
@@ -103,7 +107,12 @@ def _progress_factory(quiet: bool):
 
 
 def _attach_run_log(run_dir: Path) -> None:
+    root = logging.getLogger("bench")
+    for h in [h for h in root.handlers if getattr(h, "_bench_run_log", False)]:
+        root.removeHandler(h)  # a suite runs several datasets: each run logs to its own file
+        h.close()
     fh = logging.FileHandler(run_dir / "run.log")
+    fh._bench_run_log = True
     fh.setLevel(logging.DEBUG)
     fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger("bench").addHandler(fh)
@@ -120,6 +129,8 @@ def cmd_run(args) -> int:
     base = Path(args.config).resolve().parent if args.config else None
     if args.no_report:
         cfg["output"]["formats"] = []
+    if cfg.get("datasets"):
+        return _run_suite(cfg, args, base)
     ctx = engine.run(cfg, progress=_progress_factory(args.quiet), new=args.new,
                      on_run_dir=_attach_run_log, base_dir=base)
     return _finish(ctx.run_dir, cfg, args)
@@ -137,6 +148,26 @@ def _finish(run_dir: Path, cfg: dict, args) -> int:
         from . import report
         out = Path(cfg["output"]["reports_dir"]) / run_dir.name
         _print_report_paths(report.build(run_dir, out, formats=tuple(formats)))
+    return 0
+
+
+def _run_suite(cfg: dict, args, base) -> int:
+    from . import aggregate, suite
+    from . import records as rec
+    res = suite.run(cfg, progress=_progress_factory(args.quiet), new=args.new, on_run_dir=_attach_run_log,
+                    base_dir=base)
+    for label, run_dir in res.runs.items():
+        print(f"\n{label}:")
+        summary = aggregate.summarize(rec.load(run_dir / "records.jsonl"))
+        print(aggregate.leaderboard_text(summary, max_rows=10))
+    print(f"\nresults: {res.suite_dir}")
+    if res.reports.get("suite"):
+        _print_report_paths(res.reports["suite"])
+    if res.failed:
+        print(f"error: {len(res.failed)} of {len(cfg['datasets'])} datasets failed: "
+              + "; ".join(f"{k}: {v}" for k, v in res.failed.items()), file=sys.stderr)
+        print("hint: fix them and run the same command again: finished datasets are kept", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -165,6 +196,13 @@ def cmd_list(args) -> int:
                 extra = (f"  [input {getattr(b, 'default_size', '?')} px, min {getattr(b, 'min_size', '?')};"
                          f" layers: {', '.join(getattr(b, 'layers', {}) or [])}]")
             print(f"  {e.name:<24} {e.description}{extra}")
+            if axis == "datasets":
+                from .data.datasets import example_of
+                if example_of(e):
+                    print(f"  {'':<24}   e.g. python -m bench run {example_of(e)}")
+        if axis == "datasets":
+            print("  several datasets in one run (a suite): in a pipeline file, "
+                  "datasets: [digits, faces, {kind: folder, path: my_images, prepare: {size: 64}}]")
         print()
     return 0
 
@@ -172,6 +210,13 @@ def cmd_list(args) -> int:
 def cmd_report(args) -> int:
     from . import aggregate, report
     run_dir = Path(args.run_dir)
+    if (run_dir / "suite.json").exists():  # a suite folder: every dataset's report and the suite's
+        from . import suite
+        formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
+        out = Path(args.out) if args.out else Path("reports") / run_dir.resolve().name
+        paths = suite.rebuild_reports(run_dir, out, formats)
+        _print_report_paths(paths["suite"])
+        return 0
     if not (run_dir / "records.jsonl").exists():
         raise BenchError(f"{run_dir} is not a run folder (no records.jsonl)",
                          "pass a folder under results/, e.g. results/default-1a2b3c4d")
@@ -273,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     cp.set_defaults(func=cmd_compare)
 
     pf = add("perf", "speed benchmarks (ratios against the plain way, measured in one run)")
-    pf.add_argument("--only", choices=["handcrafted", "deep", "cache"], default=None)
+    pf.add_argument("--only", choices=["handcrafted", "deep", "cache", "memory"], default=None)
     pf.add_argument("--quick", action="store_true", help="fewer images and repeats")
     pf.add_argument("--write", default="docs/BENCHMARKS.md", help="markdown file to update")
     pf.add_argument("--no-write", action="store_true")

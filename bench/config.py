@@ -8,6 +8,14 @@ every key: unknown keys, wrong types and bad values raise :class:`ConfigError`
 naming the key, the value and what is allowed, with a "did you mean".
 Component names and parameters (datasets, features, classifiers) are checked
 against the registries when the run builds them.
+
+Suites: ``datasets:`` (a list; each entry a dataset block, or a dataset kind, with its
+own optional ``prepare``, ``protocol`` and ``label``) replaces ``dataset:``. Validation
+expands it into one complete single-dataset config per entry (the top level with that
+entry's dataset, its ``prepare`` merged over the top-level one before the features'
+own ``prepare`` and its ``protocol`` merged over the top-level one), each checked as a
+run of its own; ``cfg["datasets"]`` then holds those configs, ``name`` = the entry's
+label, and ``bench.suite.run`` hands each to ``bench.engine.run``.
 """
 from __future__ import annotations
 
@@ -27,6 +35,7 @@ DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "plugins": [],
     "dataset": {"kind": "synthetic-parcel"},
+    "datasets": None,
     "prepare": {"color": "keep", "size": None, "depth_range": None, "interpolation": "area",
                 "crop": None},
     "features": [],
@@ -50,7 +59,7 @@ DEFAULTS: dict[str, Any] = {
 CHOICES = {
     "prepare.color": ("keep", "gray", "rgb"),
     "prepare.interpolation": ("area", "linear", "nearest", "cubic"),
-    "protocol.kind": ("kfold", "holdout"),
+    "protocol.kind": ("kfold", "holdout", "predefined"),
     "protocol.group": ("auto", True, False),
     "protocol.metric": ("accuracy", "balanced_accuracy", "macro_f1"),
     "parallel.backend": ("loky", "threading", "sequential", "dask"),
@@ -59,6 +68,7 @@ CHOICES = {
 }
 
 FEATURE_KEYS = ("name", "label", "params", "prepare")
+SUITE_ENTRY_KEYS = ("prepare", "protocol", "label")  # besides the dataset block's own keys
 CLASSIFIER_KEYS = ("name", "label", "params", "search")
 
 
@@ -229,12 +239,63 @@ def _norm_components(key: str, items, allowed_keys) -> list[dict]:
     return out
 
 
+def _suite_label(entry: dict) -> str:
+    import re
+    raw = entry.get("name") or (Path(str(entry["path"])).stem if entry.get("path") else entry["kind"])
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", str(raw)).strip("-.") or entry["kind"]
+
+
+def _validate_suite(cfg: dict) -> dict:
+    """Expand ``datasets:`` into one validated single-dataset config per entry (module docstring)."""
+    entries = cfg["datasets"]
+    if isinstance(entries, (str, dict)):
+        entries = [entries]
+    if not isinstance(entries, list) or not entries:
+        raise _type_error("datasets", cfg["datasets"], "a non-empty list of dataset blocks",
+                          "e.g. datasets: [digits, {kind: folder, path: data/textures, label: textures}]")
+    members, labels = [], set()
+    for i, entry in enumerate(entries):
+        where = f"datasets[{i}]"
+        if isinstance(entry, str):
+            entry = {"kind": entry}
+        if not isinstance(entry, dict) or not isinstance(entry.get("kind"), str):
+            raise ConfigError(f"{where}: needs a 'kind'", "e.g. {kind: folder, path: my_images}; "
+                              "see `python -m bench list datasets`")
+        entry = copy.deepcopy(entry)
+        prepare, protocol, label = (entry.pop(k, None) for k in SUITE_ENTRY_KEYS)
+        label = label if label is not None else _suite_label(entry)
+        if not isinstance(label, str) or not label or "/" in label or label in (".", ".."):
+            raise _type_error(f"{where}.label", label, "a folder name without '/'")
+        if label in labels:
+            raise ConfigError(f"{where}: label {label!r} is used by two datasets",
+                              f"give each entry a distinct 'label' (e.g. label: {label}-2)")
+        labels.add(label)
+        sub = copy.deepcopy(cfg)
+        sub.update(datasets=None, dataset=entry, name=label)
+        for key, value in (("prepare", prepare), ("protocol", protocol)):
+            if value is None:
+                continue
+            if not isinstance(value, dict):
+                raise _type_error(f"{where}.{key}", value, "a mapping")
+            sub[key] = {**(cfg.get(key) or {}), **value}
+        try:
+            members.append(validate(sub))
+        except ConfigError as exc:
+            raise ConfigError(f"{where} ({label}): {exc.message}", exc.hint) from None
+    top = validate({**copy.deepcopy(cfg), "datasets": None})
+    top["dataset"] = None
+    top["datasets"] = members
+    return top
+
+
 def validate(cfg: dict) -> dict:
     """Normalise and check a merged config; returns a new dict."""
     if not isinstance(cfg, dict):
         raise ConfigError("a pipeline file must be a YAML mapping at the top level",
                           "see pipelines/default.yaml")
     _check_keys("", cfg, DEFAULTS.keys())
+    if cfg.get("datasets") is not None:
+        return _validate_suite(cfg)
     cfg = copy.deepcopy(cfg)
     if not isinstance(cfg["name"], str) or not cfg["name"]:
         raise _type_error("name", cfg["name"], "a non-empty string")
@@ -370,16 +431,22 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
                               "see pipelines/default.yaml for the layout")
         _check_keys("", raw, DEFAULTS.keys())
     cfg = _merge(DEFAULTS, raw)
+    dataset_given = "dataset" in raw
     for text in overrides or []:
         parts, value = parse_override(text)
         if parts[0] not in DEFAULTS:
             raise ConfigError(f"unknown key {parts[0]!r} in override {text!r}",
                               _did_you_mean(parts[0], DEFAULTS) + f"allowed: {', '.join(DEFAULTS)}")
+        dataset_given = dataset_given or parts[0] == "dataset"
         if parts[0] == "dataset" and len(parts) == 2 and parts[1] == "kind" \
                 and (not isinstance(cfg.get("dataset"), dict) or value != cfg["dataset"].get("kind")):
             cfg["dataset"] = {"kind": value}  # a new dataset kind starts from its own defaults
             continue
         apply_override(cfg, parts, value)
+    if dataset_given and cfg.get("datasets") is not None:
+        raise ConfigError("both 'dataset' and 'datasets' are given",
+                          "a suite lists its datasets under 'datasets:' only; drop 'dataset' "
+                          "(override a suite entry with datasets.0.path=...)")
     return validate(cfg)
 
 
@@ -387,6 +454,10 @@ def config_hash(cfg: dict) -> str:
     """Stable hash of what determines the results (output paths, parallelism and the offline
     switch excluded: rows record the weights they got, and their labels say random-init)."""
     relevant = {k: v for k, v in cfg.items() if k not in ("output", "parallel", "report", "offline")}
+    if relevant.get("datasets"):  # a suite: each member by its own hash
+        relevant["datasets"] = [config_hash(m) for m in relevant["datasets"]]
+    else:  # single-dataset configs hash as before the key existed (their run folders resume)
+        relevant.pop("datasets", None)
     text = json.dumps(relevant, sort_keys=True, default=str)
     return hashlib.blake2b(text.encode(), digest_size=4).hexdigest()
 

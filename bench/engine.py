@@ -25,13 +25,14 @@ from typing import Callable
 
 import numpy as np
 from sklearn.base import clone
-from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold, StratifiedKFold
+from sklearn.model_selection import GridSearchCV, PredefinedSplit, StratifiedGroupKFold, StratifiedKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from . import classifiers as _classifiers  # noqa: F401  (fills CLASSIFIERS, also in workers)
 from . import records as rec
 from .cache import FeatureCache, make_key
+from .data.base import suggest_prepare
 from .config import config_hash, dump
 from .errors import BenchError, ConfigError, DataError, PluginError, ResultsError
 from .imaging import Prepare
@@ -158,6 +159,18 @@ def parallel_safe(stage) -> bool:
     return getattr(stage, "family", "handcrafted") == "handcrafted"
 
 
+class _LoaderView:
+    """What a worker needs of a dataset: ``load(i)``. Shipping the whole dataset (its
+    per-image keys, ids and metadata: ~7 MB for 100,000 images) with every chunk made
+    the pickling cost grow with the dataset size times the number of chunks."""
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def load(self, i):
+        return self.loader(int(i))
+
+
 def _extract_chunk(stage, dataset, prepare: Prepare, idx, limit_threads: bool):
     if limit_threads:
         import cv2
@@ -204,9 +217,10 @@ def compute_per_image(stage, dataset, prepare: Prepare, *, chunk_size: int = 32,
     parts, mm, row = [], None, 0
     try:
         if workers > 1 and len(chunks) > 1:
+            source = _LoaderView(dataset.loader) if callable(getattr(dataset, "loader", None)) else dataset
             gen = Parallel(n_jobs=workers, backend=None if backend == "dask" else backend,
                            return_as="generator")(
-                delayed(_extract_chunk)(stage, dataset, prepare, idx, True) for idx in chunks)
+                delayed(_extract_chunk)(stage, source, prepare, idx, True) for idx in chunks)
         else:
             gen = (_extract_chunk(stage, dataset, prepare, idx, False) for idx in chunks)
         for out, secs in gen:
@@ -273,8 +287,12 @@ def build_pipeline(fold_stage, clf_spec: dict, seed: int) -> Pipeline:
     return Pipeline(steps)
 
 
-def run_cell(X, y, groups, train, test, fold_stage, clf_spec, seed, n_classes):
-    """Fit on ``train`` rows, predict ``test`` rows. Runs in a worker process."""
+def run_cell(X, y, groups, train, test, fold_stage, clf_spec, seed, n_classes, val=None):
+    """Fit on ``train`` rows, predict ``test`` rows. Runs in a worker process.
+
+    ``val`` (the predefined protocol's validation rows): a nested search fits each
+    candidate on ``train``, scores it on ``val`` (``PredefinedSplit``) and refits the
+    best on ``train`` alone, so every row is fitted on the same images."""
     with contextlib.suppress(Exception):
         import cv2
         cv2.setNumThreads(1)
@@ -288,7 +306,16 @@ def run_cell(X, y, groups, train, test, fold_stage, clf_spec, seed, n_classes):
                         "check the extractor on those images; constant or empty images can cause it")
     t0 = time.perf_counter()
     search = clf_spec.get("search")
-    if search:
+    if search and val is not None and len(val):
+        grid = {f"clf__{k}": v for k, v in search.items()}
+        rows = np.concatenate([train, val])
+        fold = PredefinedSplit(np.r_[np.full(len(train), -1), np.zeros(len(val), dtype=int)])
+        Xtv = X[rows]
+        model = GridSearchCV(pipe, grid, cv=fold, scoring="f1_macro", n_jobs=1, refit=False)
+        model.fit(np.asarray(Xtv) if isinstance(Xtv, np.memmap) else Xtv, y[rows])
+        best = {k[5:]: v for k, v in model.best_params_.items()}
+        fitted = clone(pipe).set_params(**model.best_params_).fit(Xtr, y[train])
+    elif search:
         grid = {f"clf__{k}": v for k, v in search.items()}
         if groups is not None:
             inner = StratifiedGroupKFold(n_splits=3, shuffle=True, random_state=seed)
@@ -446,11 +473,15 @@ def _parallel_backend(par: dict):
 
 def run(cfg: dict, *, progress: Progress | None = None, new: bool = False,
         on_run_dir: Callable[[Path], None] | None = None, base_dir: Path | None = None) -> RunContext:
-    """Run (or resume) the benchmark described by a validated config.
+    """Run (or resume) the benchmark described by a validated config (one dataset; suites go
+    through :mod:`bench.suite`).
 
     ``offline`` and ``cache.dir`` hold for the whole run (:func:`bench.weights.run_settings`):
     no weights download when offline, converted packaged weights beside the features.
     """
+    if cfg.get("datasets"):
+        raise ConfigError("this config is a suite (datasets: [...]); bench.engine.run takes one dataset",
+                          "run it with `python -m bench run` or bench.suite.run")
     from . import weights
     with weights.run_settings(offline=cfg.get("offline") or None,
                               cache_dir=(cfg.get("cache") or {}).get("dir")):
@@ -472,7 +503,8 @@ def _run(cfg: dict, *, progress: Progress | None = None, new: bool = False,
         # generated scenes live beside the features
         ds_params["cache_dir"] = str(Path(cfg["cache"]["dir"]) / cfg["dataset"]["kind"])
     dataset = DATASETS.create(cfg["dataset"]["kind"], where="dataset", **ds_params)
-    check_dataset_for_protocol(dataset.labels, dataset.class_names, cfg["protocol"], dataset.groups)
+    check_dataset_for_protocol(dataset.labels, dataset.class_names, cfg["protocol"], dataset.groups,
+                               split=dataset.split)
     _warn_cross_class_duplicates(dataset)
 
     # run folder
@@ -502,7 +534,9 @@ def _run(cfg: dict, *, progress: Progress | None = None, new: bool = False,
         "class_names": [str(c) for c in dataset.class_names], "labels": dataset.labels.tolist(),
         "groups": None if dataset.groups is None else [str(g) for g in dataset.groups],
         "ids": [str(i) for i in dataset.ids], "grouped": grouped_flag, "n_images": len(dataset),
-        "bad_images": [[str(p), str(r)] for p, r in dataset.bad], "meta": {
+        "bad_images": [[str(p), str(r)] for p, r in dataset.bad],
+        "split": None if dataset.split is None else [str(v) for v in dataset.split],
+        "prepare_suggestion": suggest_prepare(dataset), "meta": {
             k: v for k, v in dataset.meta.items() if isinstance(v, (str, int, float, bool, list))}})
 
     splits_path = run_dir / "splits.json"
@@ -512,7 +546,8 @@ def _run(cfg: dict, *, progress: Progress | None = None, new: bool = False,
             raise ResultsError(f"{splits_path} does not match the dataset ({len(dataset)} images)",
                                "the data changed since this run started: use --new for a fresh run")
     else:
-        plan = make_splits(dataset.labels, cfg["protocol"], cfg["seed"], dataset.groups)
+        plan = make_splits(dataset.labels, cfg["protocol"], cfg["seed"], dataset.groups,
+                           split=dataset.split)
         plan.save(splits_path)
     log.info("splits: %s%s", plan.splitter, " (grouped by source image)" if plan.grouped else "")
 
@@ -690,7 +725,7 @@ def _run_cells(ctx, cfg, plan, y, groups, done, records_path, run_id, features_m
     def job(item):
         label, f, c, s, cid = item
         return delayed(_safe_cell)(ctx._X[label], y, groups, s.train, s.test, f["fold_stage"], c,
-                                   cfg["seed"], n_classes)
+                                   s.seed_or(cfg["seed"]), n_classes, getattr(s, "val", None))
 
     warned: dict = {}
     try:
@@ -769,7 +804,8 @@ def _run_finetune(ctx, cfg, plan, done, records_path, run_id, progress):
                         params=json.dumps({k: v for k, v in spec.items()}, default=str))
             try:
                 rows = finetune.run_cell(dict(spec), ctx.dataset, s.train, s.test, s.index, work,
-                                         cfg["seed"], on_missing_weights=cfg["on_missing_weights"])
+                                         s.seed_or(cfg["seed"]), on_missing_weights=cfg["on_missing_weights"],
+                                         val_idx=s.val)
             except BenchError:
                 raise
             except Exception as exc:  # noqa: BLE001

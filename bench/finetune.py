@@ -24,8 +24,10 @@ Protocol (what makes these rows comparable with the feature rows)
 ------------------------------------------------------------------
 * Only the training fold is used for training; early stopping, learning-rate
   reduction and the choice of the best epoch use a validation part carved from the
-  training fold (stratified, seeded, grouped when the dataset has groups). The test
-  fold is predicted once, by the restored best model.
+  training fold (stratified, seeded, grouped when the dataset has groups); with
+  ``protocol: predefined`` they use the dataset's own ``val`` split instead and the
+  model is fitted on the whole ``train`` split. The test fold is predicted once, by
+  the restored best model.
 * Class weights (``class_weight: balanced``) come from the training part only.
 * Augmentation (:mod:`bench.augment`) is part of the model and acts only in training;
   ``tta: n`` averages the softmax over the plain image and n-1 augmented copies.
@@ -577,7 +579,7 @@ def _metrics(y_true, y_pred) -> dict:
     return score(y_true, y_pred)
 
 
-def _fingerprint(spec, dataset, train_idx, test_idx, split, seed, weights_identity) -> str:
+def _fingerprint(spec, dataset, train_idx, test_idx, split, seed, weights_identity, val_idx=None) -> str:
     """Identity of a finished fold: recipe, split, seed, weights file, data, code version."""
     h = hashlib.blake2b(digest_size=16)
     h.update(json.dumps({"spec": {k: v for k, v in spec.items() if k not in ENGINE_KEYS},
@@ -586,6 +588,9 @@ def _fingerprint(spec, dataset, train_idx, test_idx, split, seed, weights_identi
     h.update(np.asarray(train_idx, dtype=np.int64).tobytes())
     h.update(b"|")
     h.update(np.asarray(test_idx, dtype=np.int64).tobytes())
+    if val_idx is not None:  # absent for carved validation: fingerprints of earlier runs still match
+        h.update(b"|val|")
+        h.update(np.asarray(val_idx, dtype=np.int64).tobytes())
     fp = getattr(dataset, "fingerprint", None)
     if callable(fp):
         h.update(fp().encode())
@@ -621,7 +626,7 @@ def _write_done(work_dir: Path, rows: list[dict], info: dict) -> None:
 
 
 def run_cell(spec: dict, dataset, train_idx, test_idx, split: int, work_dir: Path, seed: int,
-             on_missing_weights: str = "random", progress=None) -> list[dict]:
+             on_missing_weights: str = "random", progress=None, val_idx=None) -> list[dict]:
     """Train one recipe on one split and predict its test fold.
 
     Returns one row without TTA and, when ``tta > 1``, one more with TTA (classifier
@@ -631,7 +636,9 @@ def run_cell(spec: dict, dataset, train_idx, test_idx, split: int, work_dir: Pat
     ``n_train`` is the whole training fold (fit part + validation part used for early
     stopping). ``progress``, if given, is called after every epoch with a dict
     (label, split, phase, epoch, max_epochs, loss, accuracy, val_loss, val_accuracy, lr).
-    Failures raise; the engine records the cell as failed.
+    ``val_idx`` (the predefined protocol's official validation images) replaces the
+    validation part carved from ``train_idx``; the model is then fitted on all of
+    ``train_idx``. Failures raise; the engine records the cell as failed.
     """
     import keras
 
@@ -655,8 +662,14 @@ def run_cell(spec: dict, dataset, train_idx, test_idx, split: int, work_dir: Pat
                                    spec["input_size"], on_missing_weights, seed)
         weights_label = resolved.label
     work_dir = Path(work_dir)
+    val_given = val_idx is not None and len(val_idx) > 0
+    if val_given:
+        val_idx = np.asarray(val_idx, dtype=np.int64)
+        if np.intersect1d(val_idx, test_idx).size or np.intersect1d(val_idx, train_idx).size:
+            raise DataError(f"split {split}: the validation images overlap the training or test images")
     fingerprint = _fingerprint(spec, dataset, train_idx, test_idx, split, seed,
-                               resolved.identity if resolved is not None else "n/a")
+                               resolved.identity if resolved is not None else "n/a",
+                               val_idx if val_given else None)
     if (work_dir / "done.json").exists():
         cached = _load_done(work_dir, fingerprint, test_idx)
         if cached is not None:
@@ -675,8 +688,11 @@ def run_cell(spec: dict, dataset, train_idx, test_idx, split: int, work_dir: Pat
 
     keras.utils.clear_session()
     keras.utils.set_random_seed(int(seed))
-    fit_idx, val_idx = carve_validation(train_idx, labels, spec["val_fraction"], seed,
-                                        getattr(dataset, "groups", None))
+    if val_given:  # the dataset's own validation split: fit on the whole training split
+        fit_idx = train_idx
+    else:
+        fit_idx, val_idx = carve_validation(train_idx, labels, spec["val_fraction"], seed,
+                                            getattr(dataset, "groups", None))
     x_fit = prepare_images(dataset, fit_idx, size, channels, spec["depth_range"])
     x_val = prepare_images(dataset, val_idx, size, channels, spec["depth_range"])
     eye = np.eye(n_classes, dtype=np.float32)
@@ -739,6 +755,8 @@ def run_cell(spec: dict, dataset, train_idx, test_idx, split: int, work_dir: Pat
     _write_done(work_dir, rows, {"fingerprint": fingerprint, "version": VERSION, "spec": spec,
                                  "split": int(split), "seed": int(seed),
                                  "n_fit": int(len(fit_idx)), "n_val": int(len(val_idx)),
+                                 "validation": "the dataset's val split" if val_given
+                                 else f"carved from the training split ({spec['val_fraction']})",
                                  "input_shape": [size, size, channels]})
     logger.info("%s split %d: accuracy %.3f after %d epochs (%.1f s, weights %s)", spec["label"], split,
                 rows[0]["accuracy"], epochs_run, fit_s, weights_label)

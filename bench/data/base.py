@@ -7,10 +7,14 @@ optional groups (e.g. the source photo a patch was cut from) and metadata.
 * ``keys[i]``: a content hash of image ``i`` (file bytes, or generator seed and
   parameters) used by the feature cache: same key, same pixels.
 * ``bad``: files skipped with ``on_bad_image: skip``, as ``(path, reason)``.
+* ``split``: the dataset's own split of each image (``"train"``, ``"val"`` or
+  ``"test"``; an npz's key prefixes, a manifest's ``split`` column), or None. Only
+  ``protocol: {kind: predefined}`` uses it; k-fold and holdout pool every image.
 """
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -29,11 +33,17 @@ class Dataset:
     modality: str = "rgb"
     meta: dict = field(default_factory=dict)
     bad: list = field(default_factory=list)
+    split: np.ndarray | None = None
 
     def __post_init__(self):
         self.labels = np.asarray(self.labels, dtype=np.int64)
         if self.groups is not None:
             self.groups = np.asarray(self.groups)
+        if self.split is not None:
+            self.split = np.asarray(self.split, dtype=object)
+            if len(self.split) != len(self.labels):
+                raise ValueError(f"dataset {self.name}: {len(self.split)} split names for "
+                                 f"{len(self.labels)} images")
         if self.ids is None:
             self.ids = [str(k) for k in self.keys]
 
@@ -84,3 +94,47 @@ def array_key(arr: np.ndarray, salt: str = "") -> str:
     h.update(str(arr.shape).encode() + str(arr.dtype).encode())
     h.update(np.ascontiguousarray(arr).tobytes())
     return h.hexdigest()
+
+
+SPLIT_NAMES = ("train", "val", "test")
+SMALL_SIDE = 32  # below this, CNN rows upscale to the backbone's input (one warning per extractor)
+
+
+def suggest_prepare(dataset: Dataset, sample: int = 64, budget_s: float = 2.0) -> dict:
+    """A ``prepare.size`` suggestion from the data, recorded in ``dataset.json``.
+
+    Looks at up to ``sample`` images spread over the dataset, for at most ``budget_s``
+    seconds (patches cut from large scenes decode a scene each). Same size everywhere: hand-crafted
+    features run at native size (``size: null``); images under 32 px are also noted,
+    because the CNN rows upscale them to the backbone's input with one warning.
+    Mixed sizes: the median size, so every extractor sees the same input. Nothing is
+    applied automatically; the config decides.
+    """
+    n = len(dataset)
+    if n == 0:
+        return {"size": None, "reason": "no images"}
+    idx = np.unique(np.linspace(0, n - 1, num=min(n, sample)).round().astype(np.int64))
+    t0 = time.perf_counter()
+    shapes = []
+    for i in idx:
+        shapes.append(np.shape(dataset.load(int(i)))[:2])
+        if time.perf_counter() - t0 > budget_s:
+            break
+    shapes = np.array(shapes, dtype=np.int64)
+    idx = idx[:len(shapes)]
+    lo, hi = shapes.min(axis=0), shapes.max(axis=0)
+    out: dict = {"sampled": int(len(idx)), "min_hw": lo.tolist(), "max_hw": hi.tolist()}
+    if (lo == hi).all():
+        h, w = (int(v) for v in lo)
+        out.update(size=None, native=[h, w],
+                   reason=f"every sampled image is {h}x{w}: hand-crafted features at native size "
+                          "(prepare.size: null)")
+        if min(h, w) < SMALL_SIDE:
+            out["reason"] += ("; the CNN rows upscale these small images to their backbone's input "
+                              "(one warning per extractor)")
+    else:
+        med = np.median(shapes, axis=0).round().astype(int)
+        out.update(size=[int(med[0]), int(med[1])],
+                   reason=f"sizes vary from {lo[0]}x{lo[1]} to {hi[0]}x{hi[1]}: prepare.size "
+                          f"[{med[0]}, {med[1]}] (the median) gives every extractor the same input")
+    return out

@@ -9,8 +9,10 @@ analysis artefacts; never the feature cache) and writes ``reports/<run-id>/``::
     figures/*.png  every figure
     tables/*.csv   every table as displayed (rebuilds can be diffed)
 
-``compare(run_dirs, out_dir)`` writes the same set over several runs (joined
-leaderboard, average ranks, critical-difference diagram).
+``compare(run_dirs, out_dir)`` writes the same set over several runs (scores per
+dataset, average ranks, critical-difference diagram, joined leaderboard);
+``suite(run_dirs, out_dir, links)`` the same document for a suite of datasets, with
+each dataset's leaderboard and links to the per-dataset reports.
 """
 from __future__ import annotations
 
@@ -103,4 +105,18 @@ def compare(run_dirs: Sequence, out_dir, formats: Sequence[str] = FORMATS) -> di
     return _write(doc, Path(out_dir), formats)
 
 
-__all__ = ["build", "compare", "default_reports_dir", "FORMATS"]
+def suite(run_dirs: Sequence, out_dir, links: Sequence[tuple[str, str]] = (), title: str | None = None,
+          formats: Sequence[str] = FORMATS) -> dict[str, Path]:
+    """The report of a suite (one run per dataset): the compare document with each dataset's
+    leaderboard and ``links`` (label, href relative to ``out_dir``) to the per-dataset reports."""
+    from .document import build_compare_document
+    from .rundata import RunData
+    formats = _check_formats(formats)
+    if not run_dirs:
+        raise ResultsError("the suite has no finished dataset run", "check the errors above")
+    runs = [RunData.load(d) for d in run_dirs]
+    doc = build_compare_document(runs, kind="suite", title=title, links=list(links))
+    return _write(doc, Path(out_dir), formats)
+
+
+__all__ = ["build", "compare", "suite", "default_reports_dir", "FORMATS"]

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from .. import stats
-from ..aggregate import best_by_family, not_pretrained_families, sort_summary
+from ..aggregate import best_by_family, fmt_ci, fmt_pm, not_pretrained_families, sort_summary
 from . import plots
 from . import tables as T
 from .rundata import RunData
@@ -33,7 +33,9 @@ class FigureBlock:
 
 @dataclass
 class Block:
-    """kind: text | note | table | figure | gallery | retrieval | facts."""
+    """kind: text | note | table | figure | gallery | retrieval | facts | links.
+
+    ``links``: a list of ``(label, href)``; href relative to the report's folder."""
 
     kind: str
     value: object
@@ -133,11 +135,17 @@ def build_document(rd: RunData) -> Document:
         key_table.caption = ("Top rows by mean macro-F1 (main protocol): mean ± std over folds, "
                              "95% interval "
                              "below. The full leaderboard follows.")
+        if T.is_predefined(rd):
+            key_table.caption = ("Top rows by macro-F1 on the " + _spread_words(rd)
+                                 + " The full leaderboard follows.")
 
     # leaderboard
     s = Section("leaderboard", "Leaderboard")
     if len(summary):
-        s.add("table", T.leaderboard(summary))
+        board = T.leaderboard(summary)
+        if T.is_predefined(rd):
+            board.caption = "Scores on the " + _spread_words(rd)
+        s.add("table", board)
         bar = _figure("scores", plots.bar_chart(summary),
                       "Macro-F1 of every feature × classifier row: mean over folds, bars = 95% interval. "
                       "Hatched bars use random-init weights.")
@@ -323,6 +331,20 @@ def build_document(rd: RunData) -> Document:
                     banner=T.weights_banner(rd))
 
 
+def _spread_words(rd: RunData) -> str:
+    """Caption words for the predefined protocol: what the ± and the interval are over."""
+    sp = rd.splits or {}
+    n_test = sp.get("n_test", len((sp.get("folds") or [{}])[0].get("test", [])))
+    n_seeds = len(sp.get("folds") or [])
+    if n_seeds > 1:
+        return (f"official test split (n = {n_test}), percent: mean ± std over {n_seeds} refits with "
+                "different seeds on the same test images, with the Student-t 95% interval over seeds below. "
+                "The spread is over seeds, not over test sets: it says how much the training seed moves a "
+                "score, not how a new test set would.")
+    return (f"official test split (n = {n_test}), percent: one fit, so no spread; the paired tests in "
+            "Statistics use the test-set predictions.")
+
+
 def _ranks_block(s: Section, summary: pd.DataFrame, name: str) -> None:
     """Average ranks over datasets + Friedman/Nemenyi CD diagram (rows present in every dataset)."""
     main = summary[(summary["variant"] == "") & summary["macro_f1_mean"].notna()].copy()
@@ -347,22 +369,69 @@ def _ranks_block(s: Section, summary: pd.DataFrame, name: str) -> None:
 
 
 # --------------------------------------------------------------------------- several runs
-def build_compare_document(runs: list[RunData]) -> Document:
-    """One document over several runs: joined leaderboard, family deltas, ranks and CD diagram."""
+def _protocol_of(rd: RunData) -> str:
+    sp = rd.splits
+    if T.is_predefined(rd):
+        return T.predefined_text(sp)
+    return (f"{sp.get('splitter', '?')}" + ("; grouped by source image" if sp.get("grouped") else ""))
+
+
+def score_matrix(summary: pd.DataFrame, datasets: list[str]) -> T.Table:
+    """Every main-protocol row (feature + classifier) against every dataset: mean macro-F1."""
+    main = summary[(summary["variant"] == "") & summary["macro_f1_mean"].notna()].copy()
+    main["row"] = [T.label_of(r) for _, r in main.iterrows()]
+    order = (main.groupby("row")["macro_f1_mean"].mean().sort_values(ascending=False).index.tolist()
+             if len(main) else [])
+    fam = dict(zip(main["row"], main["family"]))
+    rows = []
+    for label in order:
+        cells = [T.Cell(label, label.lower()), T.Cell(T.FAMILY_TITLES.get(fam[label], fam[label]), fam[label],
+                                                      f"fam-{T.css_token(fam[label])}")]
+        vals = []
+        for ds in datasets:
+            r = main[(main["row"] == label) & (main["dataset"] == ds)]
+            if len(r):
+                r = r.iloc[0]
+                vals.append(r["macro_f1_mean"])
+                cells.append(T.Cell(fmt_pm(r["macro_f1_mean"], r["macro_f1_std"]), float(r["macro_f1_mean"]),
+                                    sub=fmt_ci(r["macro_f1_ci_low"], r["macro_f1_ci_high"])))
+            else:
+                cells.append(T.Cell("-", None, "muted", "not run or failed on this dataset"))
+        mean = sum(vals) / len(vals) if len(vals) == len(datasets) else None
+        cells.append(T.Cell(fmt_pm(mean, None) if mean is not None else "-", mean))
+        rows.append(cells)
+    cols = ["Row", "Family"] + [str(d) for d in datasets] + ["Mean over datasets"]
+    return T.Table("scores-per-dataset", cols, rows, set(range(2, len(cols))),
+                   "Macro-F1 (percent) of every representation + classifier on every dataset: mean ± std "
+                   "over that dataset's splits (or seeds, for an official split), 95% interval below. The "
+                   "mean over datasets is shown only for rows finished on all of them.")
+
+
+def build_compare_document(runs: list[RunData], *, kind: str = "compare", title: str | None = None,
+                           links: list[tuple[str, str]] | None = None) -> Document:
+    """One document over several runs: per-dataset family deltas, every row's score per dataset,
+    average ranks with the Friedman test and the critical-difference diagram.
+
+    ``kind="compare"`` (``bench compare``) ends with the joined leaderboard; ``kind="suite"``
+    (``bench.suite``) shows each dataset's own leaderboard instead and ``links``
+    (label, relative href) to the per-dataset reports.
+    """
     frames = []
     names = [(rd.dataset.get("name") or (rd.datasets[0] if rd.datasets else rd.run_id)) for rd in runs]
+    if kind == "suite":  # the suite's labels (folder names) are unique by construction
+        names = [rd.run_id for rd in runs]
     dup = {n for n in names if names.count(n) > 1}
     for rd, n in zip(runs, names):
         df = rd.summary.copy()
         df["dataset"] = f"{n} [{rd.run_id}]" if n in dup else n
         df["run"] = rd.run_id
         frames.append(df)
+    labels = [df["dataset"].iloc[0] if len(df) else rd.run_id for rd, df in zip(runs, frames)]
     summary = sort_summary(pd.concat(frames, ignore_index=True)) if frames else pd.DataFrame()
     sections = []
     verdicts = []
     s = Section("per-run", "Per dataset: hand-crafted vs deep")
-    for rd, df in zip(runs, frames):
-        ds = df["dataset"].iloc[0] if len(df) else rd.run_id
+    for rd, df, ds in zip(runs, frames, labels):
         comps = T.family_comparisons(rd, None)
         fams = list(best_by_family(rd.summary).keys())
         unp = list(not_pretrained_families(rd.summary))
@@ -373,21 +442,43 @@ def build_compare_document(runs: list[RunData]) -> Document:
         t.caption = f"{ds}: " + t.caption
         s.add("table", t)
     sections.append(s)
+    s = Section("scores", "Scores per dataset")
+    if len(summary):
+        s.add("table", score_matrix(summary, labels))
+    else:
+        s.add("note", "No finished rows.")
+    sections.append(s)
     s = Section("ranks", "Average ranks and critical difference")
     _ranks_block(s, summary, "compare")
+    ranks_section = s
     sections.append(s)
-    s = Section("leaderboard", "Joined leaderboard")
-    s.add("table", T.leaderboard(summary, name="joined-leaderboard"))
-    sections.append(s)
+    if kind == "suite":
+        s = Section("leaderboards", "Leaderboard of each dataset")
+        for rd, ds in zip(runs, labels):
+            if len(rd.summary):
+                t = T.leaderboard(rd.summary, name=f"leaderboard-{T.css_token(ds)}")
+                t.caption = f"{ds} ({_protocol_of(rd)}). " + t.caption
+                s.add("table", t)
+            else:
+                s.add("note", f"{ds}: no finished cell.")
+        sections.append(s)
+    else:
+        s = Section("leaderboard", "Joined leaderboard")
+        s.add("table", T.leaderboard(summary, name="joined-leaderboard"))
+        sections.append(s)
+    if links:
+        s = Section("reports", "Per-dataset reports")
+        s.add("links", list(links), "Each dataset's full report (confusion matrices, t-SNE, galleries).")
+        sections.append(s)
     facts = [("Runs", ", ".join(rd.run_id for rd in runs)),
              ("Datasets", ", ".join(dict.fromkeys(summary["dataset"])) if len(summary) else "-")]
-    for rd, df in zip(runs, frames):
-        ds = df["dataset"].iloc[0] if len(df) else rd.run_id
-        sp = rd.splits
-        facts.append((str(ds), f"{sp.get('splitter', '?')}"
-                      + ("; grouped by source image" if sp.get("grouped") else "")
-                      + f"; seed {rd.env.get('seed', '?')}; {len(rd.records)} cells"))
-    key = next((b.value for b in sections[1].blocks if b.kind == "figure"), None)
+    for rd, ds in zip(runs, labels):
+        facts.append((str(ds), f"{_protocol_of(rd)}; seed {rd.env.get('seed', '?')}; "
+                               f"{len(rd.records)} cells"))
+    key = next((b.value for b in ranks_section.blocks if b.kind == "figure"), None)
     top = T.leaderboard(summary[summary["variant"] == ""], top=10, name="top-rows") if len(summary) else None
-    return Document(title="Comparison of runs", subtitle=f"{len(runs)} runs", run_id="compare", facts=facts,
-                    verdicts=verdicts, key_table=top, key_figure=key, sections=sections, kind="compare")
+    default_title = "Suite of datasets" if kind == "suite" else "Comparison of runs"
+    subtitle = f"{len(runs)} {'datasets' if kind == 'suite' else 'runs'}"
+    return Document(title=title or default_title, subtitle=subtitle,
+                    run_id=kind, facts=facts, verdicts=verdicts, key_table=top, key_figure=key,
+                    sections=sections, kind="compare")

@@ -340,6 +340,11 @@ def write_report(doc: Document, path: Path) -> Path:
                         wr.paragraph("Packages: " + doc.packages, size=7.5, color=MUTED)
                 elif b.kind in ("gallery", "retrieval"):
                     wr.image(b.value["png"], b.caption)
+                elif b.kind == "links":
+                    for label, href in b.value:
+                        wr.paragraph(f"{label}: {href}", size=9)
+                    if b.caption:
+                        wr.paragraph(b.caption, size=8.5, color=MUTED, style="italic")
         wr.flush()
     tmp.replace(path)
     return path

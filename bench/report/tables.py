@@ -124,7 +124,9 @@ def header_facts(rd: RunData) -> list[tuple[str, str]]:
               + (f" ({ds.get('kind')}, {ds.get('modality')})" if ds.get("kind") else "")),
              ("Images / classes", f"{n_images if n_images is not None else '?'} images, {len(names)} "
                                   "classes")]
-    if sp:
+    if sp and is_predefined(rd):
+        facts.append(("Protocol", predefined_text(sp)))
+    elif sp:
         grouped = sp.get("grouped")
         n_splits, n_rep = sp.get("n_splits"), sp.get("n_repeats", 1)
         protocol = f"{sp.get('splitter', '?')}: {n_splits} folds × {n_rep} repeat{'s' if n_rep != 1 else ''}"
@@ -149,6 +151,30 @@ def header_facts(rd: RunData) -> list[tuple[str, str]]:
     n_failed = sum(1 for r in rd.records if r.get("status") != "ok")
     facts.append(("Cells", f"{n_ok} finished, {n_failed} failed"))
     return facts
+
+
+def is_predefined(rd: RunData) -> bool:
+    """The run used the dataset's own split (``protocol: predefined``)."""
+    return (rd.splits or {}).get("kind") == "predefined"
+
+
+def predefined_text(sp: dict) -> str:
+    """``official test split, n = 600 (fitted on train, n = 2000; val, n = 400, ...)``."""
+    folds = sp.get("folds") or [{}]
+    first = folds[0]
+    n_test = sp.get("n_test", len(first.get("test", [])))
+    n_train = sp.get("n_train", len(first.get("train", [])))
+    n_val = sp.get("n_val", len(first.get("val") or []))
+    seeds = sp.get("seeds") or [f.get("seed") for f in folds]
+    text = f"official test split, n = {n_test} (fitted on the official train split, n = {n_train}"
+    text += (f"; val split, n = {n_val}, for early stopping and nested search)" if n_val
+             else "; no val split)")
+    if len(seeds) > 1:
+        text += (f"; {len(seeds)} refits with seeds {', '.join(str(x) for x in seeds)}: the spread is over "
+                 "seeds on the same test images, not over test sets")
+    else:
+        text += f"; one fit (seed {seeds[0]}): no spread"
+    return text
 
 
 def packages_text(rd: RunData) -> str:
@@ -378,6 +404,7 @@ class Comparison:
     n_common_splits: int
     diff: float  # mean macro-F1 difference a - b on common splits (fraction)
     note: str = ""
+    boot: stats.BootstrapDiff | None = None  # predefined protocol: a - b on the test images
 
     @property
     def significant(self) -> bool:
@@ -389,8 +416,12 @@ class Comparison:
 def compare_rows(rd: RunData, a: pd.Series, b: pd.Series, metric: str = "macro_f1") -> Comparison:
     """Corrected t-test on the splits both rows finished, McNemar on pooled first-repeat predictions.
 
+    With the ``predefined`` protocol every split has the same test images (repeats only
+    change the seed), so there is no t-test: McNemar and a paired bootstrap interval of
+    the macro-F1 difference, both on the first seed's test-set predictions.
     The better row (by mean over the common splits) is returned as ``a``.
     """
+    predefined = is_predefined(rd)
     ra = {int(r["split"]): r for r in rd.row_records(key_of(a)) if r.get("status") == "ok"}
     rb = {int(r["split"]): r for r in rd.row_records(key_of(b)) if r.get("status") == "ok"}
     common = sorted(set(ra) & set(rb))
@@ -401,7 +432,9 @@ def compare_rows(rd: RunData, a: pd.Series, b: pd.Series, metric: str = "macro_f
         a, b, ra, rb, sa, sb, diff = b, a, rb, ra, sb, sa, -diff
     tt = None
     note = []
-    if len(common) >= 2:
+    if predefined:
+        note.append("official test split: paired tests on the test-set predictions")
+    elif len(common) >= 2:
         n_train = [ra[s].get("n_train") or np.nan for s in common]
         n_test = [ra[s].get("n_test") or np.nan for s in common]
         if np.all(np.isfinite(n_train)) and np.all(np.isfinite(n_test)):
@@ -417,11 +450,14 @@ def compare_rows(rd: RunData, a: pd.Series, b: pd.Series, metric: str = "macro_f
     pa = {s: p for s, p in rd.row_predictions(key_of(a)).items() if main is None or s in main}
     pb = {s: p for s, p in rd.row_predictions(key_of(b)).items() if main is None or s in main}
     y, ya, yb = stats.match_predictions(pa, pb)
+    boot = None
     if y.size:
         mc = stats.mcnemar(ya == y, yb == y)
+        if predefined:
+            boot = stats.paired_bootstrap_diff(y, ya, yb, metric if metric == "accuracy" else "macro_f1")
     else:
         note.append("no paired predictions: no McNemar test")
-    return Comparison(a, b, tt, mc, len(common), diff, "; ".join(note))
+    return Comparison(a, b, tt, mc, len(common), diff, "; ".join(note), boot)
 
 
 def family_comparisons(rd: RunData, dataset: str | None = None) -> list[Comparison]:
@@ -459,6 +495,9 @@ def verdict(c: Comparison | None, families_present: list[str] | None = None,
         tests.append(_p_phrase("corrected t-test", c.ttest.p))
     if c.mcnemar is not None:
         tests.append(_p_phrase("McNemar", c.mcnemar.p))
+    if c.boot is not None and np.isfinite(c.boot.ci_low):
+        tests.append("test-set bootstrap 95% interval of the difference "
+                     f"{fmt_ci(c.boot.ci_low, c.boot.ci_high)} points")
     tests_txt = "; ".join(tests) if tests else "no test possible: " + c.note
     if not np.isfinite(pts):
         return f"{a} and {b} share no finished split, so they cannot be compared."
@@ -470,8 +509,16 @@ def verdict(c: Comparison | None, families_present: list[str] | None = None,
 
 def comparisons_table(comps: list[Comparison], name: str = "statistics") -> Table:
     rows = []
+    with_boot = any(c.boot is not None for c in comps)
     for c in comps:
         t, m = c.ttest, c.mcnemar
+        extra = []
+        if with_boot:
+            bt = c.boot
+            ok = bt is not None and np.isfinite(bt.ci_low)
+            extra = [Cell(fmt_ci(bt.ci_low, bt.ci_high) if ok else "-", _sortval(bt.ci_low) if ok else None,
+                          "sig" if ok and (bt.ci_low > 0 or bt.ci_high < 0) else "",
+                          sub=f"{bt.n} test images, {bt.n_resamples} resamples" if ok else "")]
         rows.append([Cell(label_of(c.a), cls="warn" if is_random_init(c.a["weights"]) else ""),
                      Cell(label_of(c.b), cls="warn" if is_random_init(c.b["weights"]) else ""),
                      Cell(f"{100 * c.diff:+.1f}" if np.isfinite(c.diff) else "-", _sortval(c.diff)),
@@ -482,11 +529,24 @@ def comparisons_table(comps: list[Comparison], name: str = "statistics") -> Tabl
                      Cell("-" if m is None else fmt_p(m.p), None if m is None else m.p,
                           "sig" if m is not None and m.p < ALPHA else "",
                           sub="" if m is None else f"{m.b} vs {m.c} discordant, {m.method}"),
+                     *extra,
                      Cell("significant" if c.significant else "not significant",
                           cls="sig" if c.significant else "muted"),
                      Cell(c.note, cls="muted")])
-    return Table(name, ["Better row (A)", "Other row (B)", "Δ macro-F1 (points)", "Splits", "t",
-                        "Corrected t-test p", "McNemar p", f"At α = {ALPHA}", "Note"], rows, {2, 3, 4, 5, 6},
+    cols = ["Better row (A)", "Other row (B)", "Δ macro-F1 (points)", "Splits", "t",
+            "Corrected t-test p", "McNemar p"]
+    if with_boot:
+        cols.append("Test-set bootstrap 95% CI of Δ (points)")
+    cols += [f"At α = {ALPHA}", "Note"]
+    if with_boot:
+        return Table(name, cols, rows, {2, 3, 4, 5, 6, 7},
+                     "Official test split: every row is scored on the same test images, so there is no "
+                     "corrected t-test (repeats differ only by seed). McNemar's test on the test-set "
+                     "predictions of the first seed, matched image by image (discordant: A right and B "
+                     "wrong vs A wrong and B right), decides the verdict; the interval is a paired "
+                     "percentile bootstrap of the macro-F1 difference A − B over test images. p-values "
+                     "are not adjusted for multiple comparisons.")
+    return Table(name, cols, rows, {2, 3, 4, 5, 6},
                  "Nadeau–Bengio corrected resampled t-test on per-split macro-F1 (same splits; it decides "
                  "the "
                  "verdict, McNemar only when a single split is available); McNemar on pooled out-of-fold "
