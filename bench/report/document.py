@@ -33,7 +33,10 @@ class FigureBlock:
 
 @dataclass
 class Block:
-    """kind: text | note | table | figure | gallery | retrieval | facts."""
+    """kind: text | note | table | figure | gallery | retrieval | facts | explain.
+
+    ``explain`` holds a :class:`FigureBlock` shown at its own pixel size and never
+    split across PDF pages (the panels of "What the features see")."""
 
     kind: str
     value: object
@@ -78,7 +81,7 @@ class Document:
         out = []
         for s in self.sections:
             for b in s.blocks:
-                if b.kind == "figure":
+                if b.kind in ("figure", "explain"):
                     out.append(b.value)
                 elif b.kind in ("gallery", "retrieval") and b.value.get("png"):
                     out.append(FigureBlock(b.kind, b.value["png"], b.caption))
@@ -266,6 +269,8 @@ def build_document(rd: RunData) -> Document:
         s.add("note", _analysis_reason(rd, "retrieval", "retrieval gallery"))
     sections.append(s)
 
+    sections.append(_explain_section(rd))
+
     # fine-tuning
     if rd.finetune is not None and len(rd.finetune):
         s = Section("finetune", "Fine-tuning curves")
@@ -318,6 +323,15 @@ def build_document(rd: RunData) -> Document:
                     run_id=rd.run_id, facts=[f for f in T.header_facts(rd) if f[0] in KEY_FACTS],
                     verdicts=verdicts, key_table=key_table,
                     key_figure=key_fig, sections=sections, packages=T.packages_text(rd))
+
+
+def _explain_section(rd: RunData) -> Section:
+    """"What the features see", from analysis/explain/ (see :mod:`.explain`)."""
+    from .explain import TITLE, explain_blocks
+    s = Section("explain", TITLE)
+    for kind, value, caption in explain_blocks(rd):
+        s.add(kind, FigureBlock(**value) if kind in ("figure", "explain") else value, caption)
+    return s
 
 
 def _ranks_block(s: Section, summary: pd.DataFrame, name: str) -> None:
