@@ -233,7 +233,7 @@ def card(title: str, subtitle: str, rows: list[tuple[str, list[tuple[np.ndarray,
     return png_bytes(np.asarray(im))
 
 
-def filter_grid(kernel: np.ndarray, title: str, cell: int = 26, max_filters: int = 64,
+def filter_grid(kernel: np.ndarray, title: str, cell: int = 32, max_filters: int = 64,
                 per_row: int = 16) -> bytes:
     """The first convolution's kernels ``(kh, kw, in, out)`` as a grid of small pictures.
 

@@ -480,6 +480,9 @@ class _Explain:
                                   {"kind": "occlusion", "skipped": "time budget"})
                     continue
                 self.guarded(f"occlusion of image {im['index']}", self.occlusion, occ, net_of[occ[0]], j, im)
+        elif occ is not None and occ != pair:
+            self.notes.append(f"No occlusion map for the best deep row {occ[0]} + {occ[1]}: not a frozen-CNN "
+                              "row with its features in memory.")
         if "hybrid" in self.best:
             self.notes.append("Hybrid rows (concatenations) get no CNN map of their own.")
 
@@ -679,6 +682,10 @@ def run_explain(ctx, out_dir, *, summary, records, best, items=None, predictions
     nets = e.guarded("cnn", e.networks) or []
     e.guarded("class maps", e.cams, nets)
     e.guarded("grad-cam", e.grad_cams)
+    if not any(im["panels"] for im in e.images) and not importances and not e.filters:
+        shutil.rmtree(out)
+        return {"status": "skipped", "reason": "no row has a map, named dimensions or a network to show "
+                "(HOG, LBP, SIFT, parcel_shape, glcm, color_hist, granulometry, CNN rows)"}
     e.guarded("cards", e.render_cards, nets)
     data = e.manifest(importances, nets)
     tmp = out / ".explain.json.tmp"

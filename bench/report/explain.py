@@ -75,7 +75,7 @@ def importance_figure(imp: dict, top: int = TOP_IMPORTANCES):
     return fig
 
 
-def _card_caption(im: dict, methods: dict) -> str:
+def _card_caption(im: dict) -> str:
     preds = []
     for p in im.get("predictions", []):
         if p.get("pred") is None:
@@ -83,16 +83,23 @@ def _card_caption(im: dict, methods: dict) -> str:
         mark = "right" if p.get("correct") else "WRONG"
         conf = f", {100 * p['confidence']:.0f}%" if p.get("confidence") is not None else ""
         preds.append(f"{p['family']} ({p['feature']} + {p['classifier']}): {p['pred_name']} ({mark}{conf})")
-    kinds = []
-    for pnl in im.get("panels", []):
-        m = pnl.get("method") or pnl.get("skipped")
-        if m and pnl["kind"] not in kinds:
-            kinds.append(pnl["kind"])
-            methods.setdefault(pnl["kind"], m)
-    text = (f"{im['id']} (true: {im['true_name']}; {im['reason']}; test image of split {im['split']}). "
-            f"Best rows: {'; '.join(preds) or 'no predictions'}. Maps: "
-            + "; ".join(f"{k}: {methods[k]}" for k in kinds if k in methods) + ".")
-    return text
+    return (f"{im['id']} (true: {im['true_name']}; {im['reason']}; test image of split {im['split']}). "
+            f"Best rows: {'; '.join(preds) or 'no predictions'}.")
+
+
+KIND_TITLES = {"hog": "HOG glyph", "lbp": "LBP codes", "sift": "SIFT words", "shape": "parcel_shape geometry",
+               "activation": "mean activation", "cam": "exact CAM", "occlusion": "occlusion",
+               "gradcam": "Grad-CAM"}
+
+
+def _methods(images: list[dict]) -> str:
+    """One sentence per kind of map: the method that made it (as recorded with the panels)."""
+    seen: dict = {}
+    for im in images:
+        for pnl in im.get("panels", []):
+            if pnl.get("method") and pnl["kind"] not in seen:
+                seen[pnl["kind"]] = pnl["method"]
+    return "Maps. " + " ".join(f"{KIND_TITLES.get(k, k)}: {m}." for k, m in seen.items())
 
 
 class _Blocks(list):
@@ -127,14 +134,14 @@ def explain_blocks(rd: RunData) -> list[tuple]:
                   "exact CAM (GAP + linear classifier, the class score spread over the image), Grad-CAM "
                   "(end-to-end CNNs) or occlusion sensitivity (other classifiers). Red: raises the "
                   "predicted class; blue: lowers it.")
-    methods: dict = {}
+    s.add("note", _methods(data["images"]))
     missing = 0
     for im in data["images"]:
         png = _png(base, im.get("card"))
         if png is None:
             missing += 1
             continue
-        s.add("explain", _fig(f"explain-{im['index']:06d}", png, _card_caption(im, methods),
+        s.add("explain", _fig(f"explain-{im['index']:06d}", png, _card_caption(im),
                               f"explanation panels of test image {im['id']}"))
     if missing:
         s.add("note", f"{missing} explanation cards are missing from {base} (deleted or unreadable).")
