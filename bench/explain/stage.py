@@ -464,10 +464,10 @@ class _Explain:
         """Exact CAM of the best GAP + linear row; occlusion for the best deep row otherwise."""
         net_of = {lab: g for g in nets for lab in g["labels"]}
         pair = self.cam_row()
-        if pair is None:
-            self.notes.append("No exact CAM: no GAP CNN row with a linear classifier (add e.g. logreg "
-                              "to classifiers).")
-        elif pair[0] in net_of:
+        if pair is None and any(self.features[lab]["extractor"].pooling == "avg" for lab in net_of):
+            self.notes.append("No exact CAM: no GAP CNN row has a finished linear classifier (add e.g. "
+                              "logreg to classifiers).")
+        elif pair is not None and pair[0] in net_of:
             for j, im in enumerate(self.images):
                 self.guarded(f"CAM of image {im['index']}", self.exact_cam, pair, net_of[pair[0]], j, im)
         deep = self.best.get("deep")
