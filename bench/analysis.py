@@ -18,10 +18,13 @@ the per-image representations are still in memory. It writes, under
 * ``retrieval.json`` - for a few gallery images, the 5 nearest training images (of
   the split in which the query was a test image) in the best hand-crafted and the
   best deep feature space (standardised on that training fold, cosine distance).
+* ``explain/`` - "what the features see" (:mod:`bench.explain`, ``report.explain``):
+  per-image cards of hand-crafted maps and CNN class maps, first-convolution filters,
+  permutation importances of named features; bounded by :data:`bench.explain.stage.BUDGET_S`.
 * ``manifest.json`` - what was done, skipped (with the reason) or failed, and timings.
 
 Every part can be switched off in the config (``report.tsne``, ``report.learning_curves``,
-``report.gallery: 0``, ``report.retrieval``), is skipped with a logged reason where it
+``report.gallery: 0``, ``report.retrieval``, ``report.explain``), is skipped with a logged reason where it
 does not apply, and never raises: a failing part is logged and recorded in the manifest.
 Work is bounded by ``report.analysis_budget_s`` (default :data:`DEFAULT_BUDGET_S`):
 t-SNE and learning-curve units that would start after the deadline are skipped.
@@ -32,6 +35,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -52,6 +56,7 @@ DEFAULT_GALLERY = 12
 DEFAULT_RETRIEVAL_QUERIES = 4
 RETRIEVAL_K = 5
 THUMB_PX = 96
+EXPLAIN_PICTURE_PX = 160
 DEFAULT_BUDGET_S = 120.0
 FROZEN_FAMILIES = ("handcrafted", "deep", "hybrid")
 ARTEFACTS = ("tsne.npz", "learning_curves.csv", "gallery.json", "retrieval.json", "manifest.json")
@@ -362,6 +367,23 @@ class _Analysis:
                      "queries": out_q})
         self.part("retrieval", "done", n=len(out_q), seconds=round(time.perf_counter() - t0, 2))
 
+    # -- (e) what the features see
+    def explain(self, items: list[dict]) -> None:
+        if not self.cfg.get("explain", True):
+            self.part("explain", "skipped", reason="report.explain is false")
+            return
+        if not self.splits:
+            self.part("explain", "skipped", reason="no splits")
+            return
+        from .explain.stage import run_explain
+        preds = {fam: _load_row_predictions(self.run_dir, self.records, row["feature"], row["classifier"])
+                 for fam, row in self.best.items()}
+        info = run_explain(self.ctx, self.out, summary=self.summary, records=self.records, best=self.best,
+                           items=items, predictions=preds, seed=self.seed,
+                           picture=lambda img: thumbnail(img, self.modality, EXPLAIN_PICTURE_PX))
+        status = info.pop("status")
+        self.part("explain", status, **info)
+
     # -- (a) t-SNE
     def tsne(self) -> None:
         if not self.cfg.get("tsne", True):
@@ -564,6 +586,7 @@ def run_analysis(ctx) -> dict:
     a.out.mkdir(parents=True, exist_ok=True)
     for stale in ARTEFACTS:  # a part switched off must not leave an old result behind
         (a.out / stale).unlink(missing_ok=True)
+    shutil.rmtree(a.out / "explain", ignore_errors=True)
     t0 = time.perf_counter()
     items = _guarded(a, "gallery", a.gallery) or []
     _guarded(a, "retrieval", lambda: a.retrieval(items))
@@ -571,6 +594,7 @@ def run_analysis(ctx) -> dict:
     # t-SNE is illustration and takes what is left of the budget
     _guarded(a, "learning_curves", a.learning_curves)
     _guarded(a, "tsne", a.tsne)
+    _guarded(a, "explain", lambda: a.explain(items))
     a.manifest["seconds"] = round(time.perf_counter() - t0, 2)
     a.manifest["budget_s"] = a.deadline.seconds
     _write_json(a.out / "manifest.json", a.manifest)

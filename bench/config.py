@@ -48,7 +48,7 @@ DEFAULTS: dict[str, Any] = {
     "output": {"results_dir": "results", "reports_dir": "reports", "run_id": None,
                "formats": ["html", "pdf"]},
     "report": {"gallery": 12, "tsne": True, "learning_curves": True, "retrieval": True,
-               "analysis_budget_s": 120},
+               "explain": True, "analysis_budget_s": 120},
     "count": None,
     "on_missing_weights": "random",
     "on_bad_image": None,
@@ -371,7 +371,7 @@ def validate(cfg: dict) -> dict:
     if isinstance(rep["analysis_budget_s"], bool) or not isinstance(rep["analysis_budget_s"], (int, float)) \
             or rep["analysis_budget_s"] <= 0:
         raise _type_error("report.analysis_budget_s", rep["analysis_budget_s"], "seconds > 0")
-    for k in ("tsne", "learning_curves", "retrieval"):
+    for k in ("tsne", "learning_curves", "retrieval", "explain"):
         if not isinstance(rep[k], bool):
             raise _type_error(f"report.{k}", rep[k], "true or false")
 

@@ -586,7 +586,8 @@ def _run(cfg: dict, *, progress: Progress | None = None, new: bool = False,
             key = make_key(dataset.fingerprint(), stage.cache_key(), prepare.key())
             cells_left = any(rec.cell_id(label, c["label"], s.index) not in done
                              for c in cfg["classifiers"] for s in plan.splits)
-            need = cells_left or cfg["report"]["tsne"] or cfg["report"]["learning_curves"] or cfg["count"]
+            need = cells_left or cfg["report"]["tsne"] or cfg["report"]["learning_curves"] or cfg["count"] \
+                or cfg["report"].get("explain")
             if not need:
                 continue
             try:

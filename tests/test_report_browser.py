@@ -125,3 +125,29 @@ def test_suite_report_opens_and_links_to_each_dataset_report(driver, tmp_path):
     driver.execute_script("arguments[0].click();", links[1])
     assert driver.current_url.endswith("/data-1/report.html")
     assert "data-1" in driver.find_element("tag name", "h1").text
+
+
+@pytest.fixture(scope="module")
+def explain_html(tmp_path_factory):
+    """The report of a tiny real run with every kind of explain panel (tests/explain_run.py)."""
+    from explain_run import tiny_explain_run
+    run_dir, _, _ = tiny_explain_run(tmp_path_factory.mktemp("explain-run"))
+    return report.build(run_dir, tmp_path_factory.mktemp("explain-report"), formats=("html",))["html"]
+
+
+def test_explain_section_every_panel_image_loads(driver, explain_html):
+    driver.get(explain_html.resolve().as_uri())
+    section = driver.find_element("id", "explain")
+    driver.execute_script("arguments[0].scrollIntoView()", section)
+    driver.execute_script("window.scrollTo(0, document.body.scrollHeight)")
+    state = driver.execute_script(
+        "return Array.from(document.querySelectorAll('#explain img'))"
+        ".map(i => [i.complete, i.naturalWidth, i.naturalHeight, i.alt])")
+    figures = sorted(Path(explain_html).parent.joinpath("figures").glob("explain-*.png"))
+    assert len(state) == len(figures) >= 10  # cards, importance charts, filter grids
+    broken = [alt for complete, w, h, alt in state if not (complete and w > 0 and h > 0)]
+    assert not broken, f"panel images not decoded: {broken[:5]}"
+    alts = " ".join(s[3] for s in state)
+    assert "explanation panels of test image" in alts and "first-layer filters" in alts
+    assert "What the features see" in section.text and "exact CAM" in section.text
+    assert not [e for e in driver.get_log("browser") if e.get("level") == "SEVERE"]

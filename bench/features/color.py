@@ -78,6 +78,23 @@ class ColorHistogram(Extractor):
         b = self._check()
         return int(np.prod(b)) if self.mode == "joint" else int(sum(b))
 
+    def get_feature_names_out(self, input_features=None) -> np.ndarray:
+        """One name per bin, in output order, with the bin's range: hue in degrees
+        (0-360, OpenCV's 0-180 doubled), saturation and value in 0-255, e.g.
+        ``"hue 0-45° sat 0-64 val 128-192"`` (joint) or ``"sat 64-128"`` (separate)."""
+        b = self._check()
+
+        def edges(c):
+            lo, hi = _RANGES[c]
+            e = np.linspace(lo, hi, b[c] + 1) * (2 if c == 0 else 1)
+            unit = "°" if c == 0 else ""
+            return [f"{e[k]:g}-{e[k + 1]:g}{unit}" for k in range(b[c])]
+        h, sat, v = edges(0), edges(1), edges(2)
+        if self.mode == "joint":
+            return np.asarray([f"hue {a} sat {c} val {d}" for a in h for c in sat for d in v], dtype=object)
+        return np.asarray([f"hue {a}" for a in h] + [f"sat {c}" for c in sat] + [f"val {d}" for d in v],
+                          dtype=object)
+
     def extract_one(self, image: np.ndarray) -> np.ndarray:
         b = self._check()
         img = np.asarray(image)

@@ -244,6 +244,17 @@ class GLCM(Extractor):
                               f"choose among {', '.join(PROPERTIES)}")
         return levels, dist, np.deg2rad(ang), props
 
+    def get_feature_names_out(self, input_features=None) -> np.ndarray:
+        """One name per output value, in output order: ``"contrast d=1 45°"`` (property,
+        distance in pixels, angle in degrees), or ``"contrast d=1 mean angle"`` with
+        ``average_angles``."""
+        _, dist, _, props = self._check()
+        angles = np.atleast_1d(np.asarray(self.angles, dtype=np.float64))
+        if self.average_angles:
+            return np.asarray([f"{p} d={d:g} mean angle" for p in props for d in dist], dtype=object)
+        return np.asarray([f"{p} d={d:g} {a:g}°" for p in props for d in dist for a in angles],
+                          dtype=object)
+
     def n_features(self) -> int:
         _, dist, ang, props = self._check()
         return len(props) * len(dist) * (1 if self.average_angles else len(ang))

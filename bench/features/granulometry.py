@@ -111,6 +111,17 @@ class Granulometry(Extractor):
     def n_features(self) -> int:
         return len(_radii(self.radii)) * (2 if self.closings else 1)
 
+    def get_feature_names_out(self, input_features=None) -> np.ndarray:
+        """One name per value: ``"bright size 2-3 px"`` is the share of the image volume
+        an opening by ``disk(3)`` removes but one by ``disk(2)`` keeps (bright structures
+        of that radius); ``"dark ..."`` the same for closings (dark structures)."""
+        radii = _radii(self.radii)
+        lows = [0] + radii[:-1]
+        names = [f"bright size {a}-{r} px" for a, r in zip(lows, radii)]
+        if self.closings:
+            names += [f"dark size {a}-{r} px" for a, r in zip(lows, radii)]
+        return np.asarray(names, dtype=object)
+
     def extract_one(self, image: np.ndarray) -> np.ndarray:
         radii = _radii(self.radii)
         g = to_gray_u8(image)

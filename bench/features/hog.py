@@ -130,6 +130,17 @@ class HOG(Extractor):
         cell, block, _, size = self._check()
         return hog_length(size if size is not None else image_size, self.orientations, cell, block)
 
+    def skimage_params(self) -> dict:
+        """The :func:`skimage.feature.hog` keyword arguments that describe this extractor
+        (same cells, blocks, orientations, normalisation and gamma), and ``size`` (the
+        image is resized to it first; ``None``: native size) and ``color``. Used to
+        draw the HOG glyph picture of exactly what a row measures."""
+        cell, block, _, size = self._check()
+        return {"orientations": int(self.orientations), "pixels_per_cell": tuple(cell),
+                "cells_per_block": tuple(block), "block_norm": str(self.block_norm),
+                "transform_sqrt": bool(self.transform_sqrt),
+                "size": None if size is None else tuple(size), "color": bool(self.color)}
+
     def _descriptor(self, win_hw, cell, block, sigma) -> cv2.HOGDescriptor:
         (h, w), (ch, cw), (bh, bw) = win_hw, cell, block
         return cv2.HOGDescriptor((w, h), (bw * cw, bh * ch), (cw, ch), (cw, ch), int(self.orientations),

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from typing import Sequence
 
 import cv2
@@ -58,6 +59,27 @@ SCALAR_FEATURES = (
     "perimeter", "compactness", "solidity", "bbox_diag",
     "rect_long", "rect_short", "rect_diag", "elongation", "rect_fill",
 )
+DESCRIPTIONS = {
+    "valid_frac": "share of pixels with a depth reading",
+    "valid_area": "pixels with a depth reading",
+    "object_area": "footprint area (pixels)",
+    "object_frac": "footprint share of the image",
+    "height_mean": "mean height above the ground",
+    "height_max": "maximum height",
+    "height_std": "spread of the heights",
+    "height_median": "median height",
+    "volume": "volume (sum of heights)",
+    "top_flatness": "share of the top within 10% of its height",
+    "perimeter": "outline length",
+    "compactness": "compactness 4 pi A / P^2",
+    "solidity": "area / convex hull area",
+    "bbox_diag": "bounding-box diagonal",
+    "rect_long": "min-area rectangle long side",
+    "rect_short": "min-area rectangle short side",
+    "rect_diag": "min-area rectangle diagonal",
+    "elongation": "rectangle short / long side",
+    "rect_fill": "footprint / rectangle area",
+}
 _RING = 2
 _DP_EPSILON = 1.0
 _TOP_TOLERANCE = 0.10
@@ -100,46 +122,80 @@ def _ground(z: np.ndarray, valid: np.ndarray, base) -> tuple[np.ndarray | float,
     return coef[0] + coef[1] * xx + coef[2] * yy, sigma
 
 
-def parcel_features(depth: np.ndarray, base="plane", threshold: float = 2.0, hist_bins: int = 8,
-                    hist_range=None) -> np.ndarray:
-    """Feature vector of one depth map (see the module docstring), float64."""
+@dataclass
+class ParcelGeometry:
+    """What :func:`parcel_features` measures on one depth map (for pictures and tests).
+
+    ``valid``: measured pixels; ``height``: heights above the ground (0 where not
+    valid); ``footprint``: the object's largest component with its holes filled
+    (``None`` when no object); ``contour``: its OpenCV outline (``(k, 1, 2)`` x, y);
+    ``polygon``: the Douglas-Peucker outline used for the perimeter; ``rect``: the
+    ``cv2.minAreaRect`` ``((cx, cy), (w, h), angle)``; ``threshold``: the height
+    threshold actually used (``max(threshold, 4 sigma)``).
+    """
+
+    valid: np.ndarray
+    height: np.ndarray
+    threshold: float
+    footprint: np.ndarray | None = None
+    contour: np.ndarray | None = None
+    polygon: np.ndarray | None = None
+    rect: tuple | None = None
+
+
+def parcel_geometry(depth: np.ndarray, base="plane", threshold: float = 2.0) -> ParcelGeometry:
+    """Ground, object footprint, outline and minimum-area rectangle of one depth map."""
     z = np.asarray(to_gray(np.asarray(depth)), dtype=np.float64)
-    n_pix = z.size
-    out = dict.fromkeys(SCALAR_FEATURES, 0.0)
-    hist = np.zeros(int(hist_bins))
     valid = np.isfinite(z) & (z != 0)
-    n_valid = int(valid.sum())
-    out["valid_area"] = float(n_valid)
-    out["valid_frac"] = n_valid / max(n_pix, 1)
-    if n_valid == 0:
-        return np.concatenate([[out[k] for k in SCALAR_FEATURES], hist])
+    if not valid.any():
+        return ParcelGeometry(valid, np.zeros(z.shape), float(threshold))
     ground, sigma = _ground(np.where(valid, z, 0.0), valid, base)
     height = np.where(valid, z - ground, 0.0)
     thr = max(float(threshold), _NOISE_SIGMAS * sigma)
+    geo = ParcelGeometry(valid, height, thr)
     mask = (valid & (height > thr)).astype(np.uint8)
     n_lab, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     if n_lab <= 1:
-        return np.concatenate([[out[k] for k in SCALAR_FEATURES], hist])
+        return geo
     largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
     contours, _ = cv2.findContours((labels == largest).astype(np.uint8), cv2.RETR_EXTERNAL,
                                    cv2.CHAIN_APPROX_NONE)
     contour = max(contours, key=len)
     footprint = np.zeros(mask.shape, np.uint8)  # the component with its holes (dropouts) filled
     cv2.drawContours(footprint, [contour], -1, 1, thickness=cv2.FILLED)
-    footprint = footprint.astype(bool)
-    hs = height[footprint & valid]
+    geo.footprint = footprint.astype(bool)
+    geo.contour = contour
+    geo.polygon = cv2.approxPolyDP(contour, _DP_EPSILON, True)
+    geo.rect = cv2.minAreaRect(contour)
+    return geo
+
+
+def parcel_features(depth: np.ndarray, base="plane", threshold: float = 2.0, hist_bins: int = 8,
+                    hist_range=None) -> np.ndarray:
+    """Feature vector of one depth map (see the module docstring), float64."""
+    geo = parcel_geometry(depth, base, threshold)
+    n_pix = geo.valid.size
+    out = dict.fromkeys(SCALAR_FEATURES, 0.0)
+    hist = np.zeros(int(hist_bins))
+    n_valid = int(geo.valid.sum())
+    out["valid_area"] = float(n_valid)
+    out["valid_frac"] = n_valid / max(n_pix, 1)
+    if geo.footprint is None:
+        return np.concatenate([[out[k] for k in SCALAR_FEATURES], hist])
+    footprint, contour, height = geo.footprint, geo.contour, geo.height
+    hs = height[footprint & geo.valid]
     area = float(footprint.sum())
     top = float(np.percentile(hs, 99)) if hs.size else 0.0
     out.update(object_area=area, object_frac=area / n_pix, height_mean=float(hs.mean()),
                height_max=float(hs.max()), height_std=float(hs.std()), height_median=float(np.median(hs)),
                volume=float(hs.sum()), top_flatness=float(np.mean(hs >= (1.0 - _TOP_TOLERANCE) * top)))
     # outline geometry
-    poly = cv2.approxPolyDP(contour, _DP_EPSILON, True)
+    poly = geo.polygon
     perimeter = float(cv2.arcLength(poly, True))
     poly_area = float(cv2.contourArea(poly))
     hull_area = float(cv2.contourArea(cv2.convexHull(contour)))
     _, _, bw, bh = cv2.boundingRect(contour)
-    (_, _), (rw, rh), _ = cv2.minAreaRect(contour)
+    (_, _), (rw, rh), _ = geo.rect
     rl, rs = max(rw, rh) + 1.0, min(rw, rh) + 1.0
     out.update(perimeter=perimeter,
                compactness=4 * math.pi * poly_area / perimeter ** 2 if perimeter > 0 else 0.0,
@@ -210,6 +266,18 @@ class ParcelShape(Extractor):
 
     def get_feature_names_out(self, input_features=None):
         return np.asarray(self.feature_names(), dtype=object)
+
+    def feature_descriptions(self) -> list[str]:
+        """The features in words, in output order (for charts and tables)."""
+        self._check()
+        n = int(self.hist_bins)
+        if self.hist_range is None:
+            hist = [f"heights {i / n:.0%}-{(i + 1) / n:.0%} of the top" for i in range(n)]
+        else:
+            lo, hi = (float(v) for v in self.hist_range)
+            e = np.linspace(lo, hi, n + 1)
+            hist = [f"heights {e[i]:g}-{e[i + 1]:g}" for i in range(n)]
+        return [DESCRIPTIONS[k] for k in SCALAR_FEATURES] + hist
 
     def n_features(self) -> int:
         return len(SCALAR_FEATURES) + int(self.hist_bins)

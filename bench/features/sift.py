@@ -113,7 +113,10 @@ class SiftDescriptors(Extractor):
         return cv2.SIFT_create(nfeatures=int(self.max_keypoints or 0),
                                contrastThreshold=float(self.contrast_threshold))
 
-    def extract_one(self, image: np.ndarray, sift=None) -> np.ndarray:
+    def keypoints_and_descriptors(self, image: np.ndarray, sift=None):
+        """``(gray, keypoints, descriptors)``: the gray image SIFT ran on (after
+        ``max_side``), its keypoints and their ``(k, 128)`` float32 descriptors, row ``j``
+        belonging to keypoint ``j`` (for pictures of where each visual word sits)."""
         sift = sift if sift is not None else self._sift()
         gray = to_gray_u8(image)
         if self.max_side is not None and max(gray.shape) > int(self.max_side):
@@ -121,13 +124,16 @@ class SiftDescriptors(Extractor):
             gray = resize(gray, (max(1, round(gray.shape[0] * scale)), max(1, round(gray.shape[1] * scale))))
         gray = np.ascontiguousarray(gray)
         if self.keypoints == "dense":
-            _, desc = sift.compute(gray, dense_keypoints(gray.shape, float(self.step), float(self.size)))
+            kps, desc = sift.compute(gray, dense_keypoints(gray.shape, float(self.step), float(self.size)))
         else:
-            _, desc = sift.detectAndCompute(gray, None)
+            kps, desc = sift.detectAndCompute(gray, None)
         if desc is None or len(desc) == 0:
-            return np.zeros((0, DESCRIPTOR_DIM), dtype=np.float32)
+            return gray, list(kps or []), np.zeros((0, DESCRIPTOR_DIM), dtype=np.float32)
         desc = desc.astype(np.float32, copy=False)
-        return rootsift(desc) if self.rootsift else desc
+        return gray, list(kps), (rootsift(desc) if self.rootsift else desc)
+
+    def extract_one(self, image: np.ndarray, sift=None) -> np.ndarray:
+        return self.keypoints_and_descriptors(image, sift)[2]
 
     def transform(self, images: Sequence[np.ndarray]) -> np.ndarray:
         self._check()

@@ -33,9 +33,11 @@ class FigureBlock:
 
 @dataclass
 class Block:
-    """kind: text | note | table | figure | gallery | retrieval | facts | links.
+    """kind: text | note | table | figure | gallery | retrieval | facts | links | explain.
 
-    ``links``: a list of ``(label, href)``; href relative to the report's folder."""
+    ``links``: a list of ``(label, href)``; href relative to the report's folder.
+    ``explain`` holds a :class:`FigureBlock` shown at its own pixel size and never
+    split across PDF pages (the panels of "What the features see")."""
 
     kind: str
     value: object
@@ -81,7 +83,7 @@ class Document:
         out = []
         for s in self.sections:
             for b in s.blocks:
-                if b.kind == "figure":
+                if b.kind in ("figure", "explain"):
                     out.append(b.value)
                 elif b.kind in ("gallery", "retrieval") and b.value.get("png"):
                     out.append(FigureBlock(b.kind, b.value["png"], b.caption))
@@ -276,6 +278,8 @@ def build_document(rd: RunData) -> Document:
         s.add("note", _analysis_reason(rd, "retrieval", "retrieval gallery"))
     sections.append(s)
 
+    sections.append(_explain_section(rd))
+
     # fine-tuning
     if rd.finetune is not None and len(rd.finetune):
         s = Section("finetune", "Fine-tuning curves")
@@ -343,6 +347,15 @@ def _spread_words(rd: RunData) -> str:
                 "score, not how a new test set would.")
     return (f"official test split (n = {n_test}), percent: one fit, so no spread; the paired tests in "
             "Statistics use the test-set predictions.")
+
+
+def _explain_section(rd: RunData) -> Section:
+    """"What the features see", from analysis/explain/ (see :mod:`.explain`)."""
+    from .explain import TITLE, explain_blocks
+    s = Section("explain", TITLE)
+    for kind, value, caption in explain_blocks(rd):
+        s.add(kind, FigureBlock(**value) if kind in ("figure", "explain") else value, caption)
+    return s
 
 
 def _ranks_block(s: Section, summary: pd.DataFrame, name: str) -> None:

@@ -182,7 +182,9 @@ class _Writer:
             return
         draw_table(self, t, size)
 
-    def image(self, png: bytes, caption: str = "") -> None:
+    def image(self, png: bytes, caption: str = "", split: bool = True) -> None:
+        """Place a figure; a very tall one is sliced across pages unless ``split`` is False
+        (then it is scaled down to fit one page)."""
         arr = _png_array(png)
         h_px, w_px = arr.shape[:2]
         w_in, h_in = w_px / FIG_DPI, h_px / FIG_DPI
@@ -190,7 +192,7 @@ class _Writer:
         cap_h = len(cap_lines) * 7.5 * 1.4 / 72 + (0.08 if cap_lines else 0)
         max_h = TOP - BOTTOM - cap_h - 0.1 - (HEADING_H if self.pending else 0.0)
         scale = min(1.0, CONTENT_W / w_in)
-        if h_in * scale > max_h * 1.35 and h_in * scale > max_h:  # very tall: slice across pages
+        if split and h_in * scale > max_h * 1.35 and h_in * scale > max_h:  # very tall: slice across pages
             rows_per_page = int(max_h / scale * FIG_DPI)
             start = 0
             while start < h_px:
@@ -330,6 +332,8 @@ def write_report(doc: Document, path: Path) -> Path:
                     wr.table(b.value)
                 elif b.kind == "figure":
                     wr.image(b.value.png, b.value.caption)
+                elif b.kind == "explain":
+                    wr.image(b.value.png, b.value.caption, split=False)
                 elif b.kind == "text":
                     wr.paragraph(b.value, size=9.5, weight="bold")
                 elif b.kind == "note":

@@ -96,6 +96,7 @@ class RunData:
         out["learning_curves"] = _read_csv(a / "learning_curves.csv")
         out["counts"] = _read_csv(a / "counts.csv")
         out["count_rmse"] = _read_csv(a / "count_rmse.csv")
+        out["explain"] = _read_json(a / "explain" / "explain.json")
         out["tsne"] = None
         if (a / "tsne.npz").exists():
             try:
