@@ -9,21 +9,14 @@ import numpy as np
 import pytest
 
 from bench import engine, records
-from bench.config import load_config
 from bench.errors import ConfigError, DataError, PluginError
 
-PLUGIN = str((Path(__file__).parent / "plugin_toy.py").resolve())
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_helpers import read_spy_log, record_lines  # noqa: E402
+from run_helpers import read_spy_log, record_lines, toy_config  # noqa: E402
 
 
 def _cfg(tmp_path, *extra):
-    return load_config(None, [
-        f"plugins=[{PLUGIN}]", "dataset.kind=toy-blobs", "dataset.n_per_class=8",
-        "features=[column_profile]", "classifiers=[logreg,knn]", "protocol.n_splits=4",
-        f"output.results_dir={tmp_path / 'results'}", "report.tsne=false",
-        "report.learning_curves=false", "report.gallery=0", "report.retrieval=false",
-        f"cache.dir={tmp_path / 'cache'}", "parallel.n_jobs=1", *extra])
+    return toy_config(tmp_path, "classifiers=[logreg,knn]", *extra, n_splits=4)
 
 
 def test_plugin_feature_runs_end_to_end(tmp_path):
