@@ -93,6 +93,19 @@ def test_predictions_are_those_of_the_test_images(tmp_path):
         assert r["accuracy"] == pytest.approx(np.mean(p["y_pred"] == p["y_true"]))
 
 
+def test_concat_with_a_plugin_part_in_worker_processes(tmp_path):
+    """A concat of a plugin feature and a built-in one, extracted by 2 worker processes (it
+    used to stop the run: the workers rebuilt the parts by name and did not know the plugin's)."""
+    cfg = _cfg(tmp_path, "features=[{name: concat, label: cc, params: {parts: [column_profile, lbp]}}]",
+               "parallel.n_jobs=2", "parallel.chunk_size=4")
+    ctx = engine.run(cfg)
+    rs = ctx.records()
+    assert len(rs) == 8 and all(r["status"] == "ok" and r["n_features"] == 8 + 30 for r in rs)
+    ds_images = [engine.DATASETS.create("toy-blobs", n_per_class=8).load(i) for i in range(24)]
+    direct = engine.FEATURES.create("concat", parts=["column_profile", "lbp"]).transform(ds_images)
+    np.testing.assert_allclose(np.asarray(ctx.per_image("cc")), direct, rtol=1e-6)
+
+
 def test_deterministic_across_n_jobs(tmp_path):
     a = engine.run(_cfg(tmp_path / "a", "parallel.n_jobs=1", "output.run_id=x")).records()
     b = engine.run(_cfg(tmp_path / "b", "parallel.n_jobs=2", "output.run_id=x",
