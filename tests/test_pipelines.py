@@ -228,4 +228,4 @@ def test_chips_and_textures_on_the_shared_data(tmp_path, shared_data):
         if not (shared_data / folder).is_dir():
             pytest.skip(f"{shared_data / folder} not present")
         run_pipeline(name, tmp_path / name, f"dataset.path={shared_data / folder}",
-                     "dataset.max_per_class=12", "protocol.n_splits=3")
+                     "dataset.max_per_class=8", "protocol.n_splits=2")
