@@ -148,7 +148,9 @@ def test_bad_images_are_skipped_and_listed_in_the_run_log(tmp_path):
     assert p.returncode == 0, p
     run_dir = _last_path(p.stdout, "results")
     log = (run_dir / "run.log").read_text()
-    line = next(l for l in log.splitlines() if "unreadable images were skipped" in l)
+    lines = [l for l in log.splitlines() if "unreadable images were skipped" in l]
+    assert len(lines) == 1, f"run.log does not list the skipped images:\n{log[-2000:]}"
+    line = lines[0]
     assert "WARNING" in line and line.count("broken.png") == 1 and line.count("empty.jpg") == 1
     assert "2 unreadable images" in line
     ds = json.loads((run_dir / "dataset.json").read_text())
