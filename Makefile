@@ -6,13 +6,14 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 ARGS   ?=
 
-.PHONY: run test test-all smoke perf clean-venv help browser-deps
+.PHONY: run test test-all smoke perf mutants clean-venv help browser-deps
 
 help:
 	@echo "make run    - install into $(VENV) and run pipelines/default.yaml"
 	@echo "make test   - install with test extras into $(VENV) and run pytest"
 	@echo "make smoke  - run pipelines/smoke.yaml"
 	@echo "make perf   - speed benchmarks (python -m bench perf)"
+	@echo "make mutants - plant the bugs of scripts/mutants.yaml one at a time; fails if a test misses one"
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +58,12 @@ test: $(VENV)/.stamp-test $(VENV)/.stamp-browser
 
 test-all: $(VENV)/.stamp-test $(VENV)/.stamp-browser
 	$(PY) -m pytest -m "" $(ARGS)
+
+# Mutation check (not part of `make test`): each planted bug of scripts/mutants.yaml in a
+# temporary copy of the tree, with the tests that must catch it. ARGS="--jobs 2" or
+# ARGS="--only ID ..." are passed on.
+mutants: $(VENV)/.stamp-test $(VENV)/.stamp-browser
+	$(PY) scripts/mutants.py $(ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

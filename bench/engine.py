@@ -57,14 +57,18 @@ def load_components() -> None:
                 raise
 
 
-def load_plugins(paths: list[str], base: Path | None = None) -> None:
-    """Import plugin files so the components they register can be named in the config."""
+def load_plugins(paths: list[str], base: Path | None = None) -> list[str]:
+    """Import plugin files so the components they register can be named in the config.
+
+    Returns their absolute paths (what Dask workers load, see :func:`_parallel_backend`)."""
+    loaded = []
     for p in paths:
         path = Path(p)
         if not path.is_absolute() and base is not None and not path.exists():
             path = base / path
         if not path.exists():
             raise PluginError(f"plugin file {p!r} does not exist", "check the path in 'plugins:'")
+        loaded.append(str(path.resolve()))
         name = "bench_plugin_" + path.stem
         if name in sys.modules and getattr(sys.modules[name], "__file__", None) == str(path.resolve()):
             continue
@@ -92,6 +96,7 @@ def load_plugins(paths: list[str], base: Path | None = None) -> None:
         with contextlib.suppress(Exception):
             import cloudpickle
             cloudpickle.register_pickle_by_value(module)
+    return loaded
 
 
 # --------------------------------------------------------------------------- environment
@@ -274,12 +279,25 @@ def _accepts(factory, name: str) -> bool:
     return name in inspect.signature(factory).parameters
 
 
-def build_pipeline(fold_stage, clf_spec: dict, seed: int) -> Pipeline:
+def make_classifier(clf_spec: dict, seed: int):
+    """The unfitted estimator of a ``classifiers:`` entry (``random_state`` from the seed)."""
     entry = CLASSIFIERS.entry(clf_spec["name"], where="classifiers")
     params = dict(clf_spec.get("params") or {})
     if _accepts(entry.obj, "random_state") and "random_state" not in params:
         params["random_state"] = seed
-    est = CLASSIFIERS.create(clf_spec["name"], where=f"classifiers ({clf_spec['label']})", **params)
+    return CLASSIFIERS.create(clf_spec["name"], where=f"classifiers ({clf_spec['label']})", **params)
+
+
+def build_pipeline(fold_stage, clf_spec: dict, seed: int, estimator=None) -> Pipeline:
+    """``[fold stage] -> scaler -> classifier``; ``estimator`` (cloned) instead of building it
+    from the registry by name, which a worker process cannot do for a plugin classifier."""
+    if estimator is None:
+        est = make_classifier(clf_spec, seed)
+    else:  # the split's own seed (predefined repeats differ by it) unless the config fixed it
+        est = clone(estimator)
+        if "random_state" in est.get_params(deep=False) \
+                and "random_state" not in (clf_spec.get("params") or {}):
+            est.set_params(random_state=seed)
     steps = []
     if fold_stage is not None:
         steps.append(("encode", clone(fold_stage)))
@@ -287,16 +305,18 @@ def build_pipeline(fold_stage, clf_spec: dict, seed: int) -> Pipeline:
     return Pipeline(steps)
 
 
-def run_cell(X, y, groups, train, test, fold_stage, clf_spec, seed, n_classes, val=None):
+def run_cell(X, y, groups, train, test, fold_stage, clf_spec, seed, n_classes, val=None,
+             estimator=None):
     """Fit on ``train`` rows, predict ``test`` rows. Runs in a worker process.
 
     ``val`` (the predefined protocol's validation rows): a nested search fits each
     candidate on ``train``, scores it on ``val`` (``PredefinedSplit``) and refits the
-    best on ``train`` alone, so every row is fitted on the same images."""
+    best on ``train`` alone, so every row is fitted on the same images. ``estimator``:
+    the classifier built in the main process (a plugin's class is unknown to a worker)."""
     with contextlib.suppress(Exception):
         import cv2
         cv2.setNumThreads(1)
-    pipe = build_pipeline(fold_stage, clf_spec, seed)
+    pipe = build_pipeline(fold_stage, clf_spec, seed, estimator)
     Xtr, Xte = X[train], X[test]
     if isinstance(Xtr, np.memmap):
         Xtr, Xte = np.asarray(Xtr), np.asarray(Xte)
@@ -439,8 +459,30 @@ def _write_json(path: Path, data) -> None:
     os.replace(tmp, path)
 
 
+def _dask_plugin_loader(paths: list[str]):
+    """A Dask worker plugin that imports the run's plugin files in every worker.
+
+    Dask pickles a task's arguments with plain pickle (cloudpickle only for objects of
+    the top-level call's own module), so a plugin's extractor or classifier travels by
+    reference to its module, which a worker has to have imported under the same name.
+    """
+    from distributed import WorkerPlugin
+
+    class LoadBenchPlugins(WorkerPlugin):
+        name = "bench-plugins"
+
+        def __init__(self, plugin_paths):
+            self.plugin_paths = list(plugin_paths)
+
+        def setup(self, worker):
+            load_components()
+            load_plugins(self.plugin_paths)
+
+    return LoadBenchPlugins(paths)
+
+
 @contextlib.contextmanager
-def _parallel_backend(par: dict):
+def _parallel_backend(par: dict, plugins: list[str] = ()):
     if par["backend"] != "dask":
         yield
         return
@@ -463,6 +505,8 @@ def _parallel_backend(par: dict):
         client = Client(cluster)
     log.info("Dask client: %s", client)
     try:
+        if plugins:
+            client.register_plugin(_dask_plugin_loader(plugins))
         with parallel_config(backend="dask"):
             yield
     finally:
@@ -492,7 +536,7 @@ def _run(cfg: dict, *, progress: Progress | None = None, new: bool = False,
          on_run_dir: Callable[[Path], None] | None = None, base_dir: Path | None = None) -> RunContext:
     t_start = time.time()
     load_components()
-    load_plugins(cfg["plugins"], base_dir)
+    plugin_paths = load_plugins(cfg["plugins"], base_dir)
 
     # dataset
     ds_params = {k: v for k, v in cfg["dataset"].items() if k != "kind"}
@@ -565,7 +609,7 @@ def _run(cfg: dict, *, progress: Progress | None = None, new: bool = False,
     groups = dataset.groups if plan.grouped else None
     run_id = run_dir.name
 
-    with _parallel_backend(par):
+    with _parallel_backend(par, plugin_paths):
         # ---- per-image features
         for spec in cfg["features"]:
             where = f"features ({spec['label']})"
@@ -705,11 +749,12 @@ def _run_cells(ctx, cfg, plan, y, groups, done, records_path, run_id, features_m
     from joblib import Parallel, delayed
     par = cfg["parallel"]
     todo = []
+    # built here, shipped to the workers (by value for a plugin's classes); this also fails
+    # early on a bad classifier name or parameter (a user mistake, not a cell failure)
+    estimators = {c["label"]: make_classifier(c, cfg["seed"]) for c in cfg["classifiers"]}
     for label in ctx.feature_labels:
         f = ctx.features[label]
         for c in cfg["classifiers"]:
-            # fail early on a bad classifier name or parameter (a user mistake, not a cell failure)
-            build_pipeline(None, c, cfg["seed"])
             for s in plan.splits:
                 cid = rec.cell_id(label, c["label"], s.index, variant)
                 if cid in done:
@@ -726,7 +771,8 @@ def _run_cells(ctx, cfg, plan, y, groups, done, records_path, run_id, features_m
     def job(item):
         label, f, c, s, cid = item
         return delayed(_safe_cell)(ctx._X[label], y, groups, s.train, s.test, f["fold_stage"], c,
-                                   s.seed_or(cfg["seed"]), n_classes, getattr(s, "val", None))
+                                   s.seed_or(cfg["seed"]), n_classes, getattr(s, "val", None),
+                                   estimators[c["label"]])
 
     warned: dict = {}
     try:

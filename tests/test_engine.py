@@ -1,28 +1,22 @@
 """The engine end to end on a plugin dataset and feature: records, resume, groups, failures."""
 import json
+import os
+import shutil
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from bench import engine, records
-from bench.config import load_config
 from bench.errors import ConfigError, DataError, PluginError
 
-PLUGIN = str((__import__("pathlib").Path(__file__).parent / "plugin_toy.py").resolve())
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run_helpers import read_spy_log, record_lines, toy_config  # noqa: E402
 
 
 def _cfg(tmp_path, *extra):
-    return load_config(None, [
-        f"plugins=[{PLUGIN}]", "dataset.kind=toy-blobs", "dataset.n_per_class=8",
-        "features=[column_profile]", "classifiers=[logreg,knn]", "protocol.n_splits=4",
-        f"output.results_dir={tmp_path / 'results'}", "report.tsne=false",
-        "report.learning_curves=false", "report.gallery=0", "report.retrieval=false",
-        f"cache.dir={tmp_path / 'cache'}", "parallel.n_jobs=1", *extra])
-
-
-def _strip_time(rs):
-    return sorted(({k: v for k, v in r.items() if k not in ("time", "fit_s", "predict_s")}
-                   for r in rs), key=lambda r: r["cell_id"])
+    return toy_config(tmp_path, "classifiers=[logreg,knn]", *extra, n_splits=4)
 
 
 def test_plugin_feature_runs_end_to_end(tmp_path):
@@ -44,22 +38,72 @@ def test_plugin_feature_runs_end_to_end(tmp_path):
     assert (ctx.run_dir / "config.yaml").exists() and (ctx.run_dir / "env.json").exists()
 
 
-def test_rerun_resumes_without_duplicates(tmp_path):
-    cfg = _cfg(tmp_path)
+def test_rerun_resumes_without_recomputing_finished_cells(tmp_path):
+    """A killed run resumes: finished cells are neither refitted nor rewritten."""
+    spy = tmp_path / "spy"
+    cfg = _cfg(tmp_path, f"classifiers=[{{name: spy_logreg, params: {{log_dir: {spy}}}}}, knn]")
     ctx = engine.run(cfg)
     path = ctx.run_dir / "records.jsonl"
     lines = path.read_bytes().splitlines(keepends=True)
-    # simulate a kill: drop 3 finished records and leave a torn half line
-    path.write_bytes(b"".join(lines[:-3]) + lines[-3][: len(lines[-3]) // 2])
-    before = _strip_time(records.load(path))
+    assert len(lines) == 8 and len(read_spy_log(spy)) == 4        # 4 spy_logreg cells, one fit each
+    # simulate a kill: lose the last 5 records (one spy_logreg cell), the first of them half written
+    kept = b"".join(lines[:-5])
+    torn = lines[-5][: len(lines[-5]) // 2]
+    path.write_bytes(kept + torn)
+    lost = {json.loads(l)["cell_id"] for l in lines[-5:]}
+    preds = sorted((ctx.run_dir / "predictions").glob("*.npz"))
+    old = 1_000_000_000 * 10**9                                  # 2001: any rewrite changes the mtime
+    for p in preds:
+        os.utime(p, ns=(old, old))
+    kept_ids = {json.loads(l)["cell_id"] for l in lines[:-5]}
+    shutil.rmtree(spy)
+
     ctx2 = engine.run(cfg)
-    after = records.load(ctx2.run_dir / "records.jsonl")
-    assert len(after) == len(lines)            # exactly the missing cells, torn line ignored
-    assert len({r["cell_id"] for r in after}) == len(after)
-    kept = {r["cell_id"] for r in before}
-    assert _strip_time([r for r in after if r["cell_id"] in kept]) == before
-    engine.run(cfg)                              # all done: nothing is appended
-    assert len(records.load(path)) == len(lines)
+    data = path.read_bytes()
+    assert data.startswith(kept + torn + b"\n")                 # finished lines byte for byte, the torn
+    after = record_lines(ctx2.run_dir)                            # line left behind; no cell twice
+    assert set(after) == kept_ids | lost and len(after) == len(lines)
+    assert sum(c.startswith("column_profile__spy_logreg") for c in lost) == 1
+    assert len(read_spy_log(spy)) == 1                            # only the lost spy cell was fitted
+    for p in preds:
+        if p.stem in kept_ids:
+            assert p.stat().st_mtime_ns == old, f"{p.name} of a finished cell was rewritten"
+        else:
+            assert p.stat().st_mtime_ns != old
+    for cid in lost:                                              # the redone cells are complete
+        r = json.loads(after[cid])
+        assert r["status"] == "ok" and records.load_predictions(ctx2.run_dir, cid) is not None
+
+    shutil.rmtree(spy)
+    engine.run(cfg)                                               # all done: nothing recomputed
+    assert path.read_bytes() == data and not read_spy_log(spy)
+    assert all(p.stat().st_mtime_ns == old for p in preds if p.stem in kept_ids)
+
+
+def test_predictions_are_those_of_the_test_images(tmp_path):
+    ctx = engine.run(_cfg(tmp_path))
+    plan = json.loads((ctx.run_dir / "splits.json").read_text())
+    labels = np.array(json.loads((ctx.run_dir / "dataset.json").read_text())["labels"])
+    for r in ctx.records():
+        p = records.load_predictions(ctx.run_dir, r["cell_id"])
+        test = plan["folds"][r["split"]]["test"]
+        np.testing.assert_array_equal(p["test_index"], test)
+        np.testing.assert_array_equal(p["y_true"], labels[test])
+        assert r["n_test"] == len(test) and r["n_train"] == len(plan["folds"][r["split"]]["train"])
+        assert r["accuracy"] == pytest.approx(np.mean(p["y_pred"] == p["y_true"]))
+
+
+def test_concat_with_a_plugin_part_in_worker_processes(tmp_path):
+    """A concat of a plugin feature and a built-in one, extracted by 2 worker processes (it
+    used to stop the run: the workers rebuilt the parts by name and did not know the plugin's)."""
+    cfg = _cfg(tmp_path, "features=[{name: concat, label: cc, params: {parts: [column_profile, lbp]}}]",
+               "parallel.n_jobs=2", "parallel.chunk_size=4")
+    ctx = engine.run(cfg)
+    rs = ctx.records()
+    assert len(rs) == 8 and all(r["status"] == "ok" and r["n_features"] == 8 + 30 for r in rs)
+    ds_images = [engine.DATASETS.create("toy-blobs", n_per_class=8).load(i) for i in range(24)]
+    direct = engine.FEATURES.create("concat", parts=["column_profile", "lbp"]).transform(ds_images)
+    np.testing.assert_allclose(np.asarray(ctx.per_image("cc")), direct, rtol=1e-6)
 
 
 def test_deterministic_across_n_jobs(tmp_path):

@@ -46,6 +46,52 @@ def test_length_follows_parameters(size, ppc, cpb, orient):
     assert len(sk_hog(resize(textured(*size, 3), size), orient, ppc, cpb, "L2-Hys")) == expected
 
 
+def diagonal_image(h, w, direction, seed):
+    """0/255 stripes along a diagonal: ``direction=+1`` varies with row + col (every gradient
+    at 45 degrees), ``-1`` with row - col (135 degrees). Neighbouring pixels of a 2 x 2 block
+    differ, so a permutation of the cells inside a block changes the vector."""
+    g = np.random.default_rng(seed).integers(0, 2, h + w) * 255
+    yy, xx = np.mgrid[:h, :w]
+    return g[yy + xx if direction > 0 else yy - xx + w].astype(np.uint8)
+
+
+@pytest.mark.parametrize("orient", [2, 6, 18])
+@pytest.mark.parametrize("cpb", [(2, 2), (3, 2), (2, 3)])
+@pytest.mark.parametrize("direction", [1, -1])
+def test_equals_skimage_element_wise_where_both_are_defined_alike(orient, cpb, direction):
+    """Element by element against ``skimage.feature.hog`` (same layout: block row, block
+    col, cell row, cell col, orientation; L2-Hys), in the cases where the two HOGs compute
+    the same numbers:
+
+    * 1-pixel cells: OpenCV's trilinear vote (each pixel shared between the 4 nearest cell
+      centres) puts a pixel entirely into its own cell when cells are one pixel, which is
+      scikit-image's vote; with larger cells the values differ (see the correlation tests).
+    * every gradient exactly on an orientation-bin centre (45 or 135 degrees; centres of
+      bins of ``180 / orient`` degrees when ``orient = 4k + 2``), so OpenCV's vote between
+      the 2 nearest bins gives the whole weight to one bin, as scikit-image's hard binning.
+    * blocks touching the image border are left out: there scikit-image zeroes the
+      gradient component across the border and OpenCV mirrors the image, which turns the
+      remaining border gradients horizontal or vertical (between two bins).
+
+    What remains is OpenCV's normalisation epsilon (``0.1 x block length`` added to the
+    first L2 norm, 1e-3 to the second), below 0.01 on these 0/255 images, against block
+    values of 0.2-1. Any other ordering of blocks, cells or bins differs by far more.
+    """
+    h, w = 14, 18
+    im = diagonal_image(h, w, direction, seed=orient)
+    ours = HOG(orientations=orient, pixels_per_cell=(1, 1), cells_per_block=cpb, size=None).transform([im])[0]
+    ref = sk_hog(im, orient, (1, 1), cpb, "L2-Hys")
+    assert ours.shape == ref.shape == ((h - cpb[0] + 1) * (w - cpb[1] + 1) * cpb[0] * cpb[1] * orient,)
+    shape = (h - cpb[0] + 1, w - cpb[1] + 1, cpb[0], cpb[1], orient)
+    inner = (slice(1, -1), slice(1, -1))
+    a, b = ours.reshape(shape)[inner], ref.reshape(shape)[inner]
+    np.testing.assert_allclose(a, b, atol=0.01, rtol=0)
+    assert b.max() > 0.2 and (b > 0.1).sum() > a.size // (4 * orient)   # not a comparison of zeros
+    # only the bin of the gradient direction is filled
+    k = (orient // 4) if direction > 0 else orient - 1 - orient // 4
+    assert np.abs(b[..., k]).sum() > 0 and np.abs(np.delete(b, k, axis=-1)).max() == 0
+
+
 @pytest.mark.parametrize("size, ppc, cpb, orient", [((64, 64), (8, 8), (2, 2), 9),
                                                    ((64, 96), (8, 16), (2, 1), 6),
                                                    ((60, 70), (6, 7), (3, 2), 12)])

@@ -1,4 +1,9 @@
 """SIFT bag of words: per-image descriptors, per-fold codebook that never sees test images."""
+import hashlib
+import json
+import sys
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
@@ -8,9 +13,13 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import KFold, cross_validate
 from sklearn.pipeline import Pipeline
 
+from bench import engine
 from bench.errors import DataError
 from bench.features.sift import BoVWEncoder, SiftBoVW, SiftDescriptors, dense_keypoints, rootsift
 from bench.registry import FEATURES
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run_helpers import toy_config  # noqa: E402
 
 
 def stripes(angle_deg, seed, size=48):
@@ -151,3 +160,35 @@ def test_inputs_of_any_kind_and_size():
     assert max(len(d) for d in D) <= len(np.arange(8, 25, 8)) ** 2  # downscaled to <= 32 px
     X = SiftBoVW(n_words=3).fit(ims).transform(ims)
     assert X.shape == (5, 3) and np.isfinite(X).all()
+
+
+def _digest(descriptors) -> str:
+    return hashlib.blake2b(np.ascontiguousarray(descriptors).tobytes(), digest_size=12).hexdigest()
+
+
+def test_engine_fits_each_codebook_on_its_training_images_only(tmp_path, monkeypatch):
+    """Through ``bench.engine.run``: every BoVW codebook (the ``sift_bovw`` row and the SIFT
+    part of a ``concat`` row) is fitted on the training images of one split of splits.json,
+    each split once per classifier, and never on a test image."""
+    fits = []
+    real_fit = BoVWEncoder.fit
+
+    def spy_fit(self, X, y=None):
+        fits.append([_digest(d) for d in X])
+        return real_fit(self, X, y)
+
+    monkeypatch.setattr(BoVWEncoder, "fit", spy_fit)
+    ctx = engine.run(toy_config(
+        tmp_path, "dataset.kind=synthetic-parcel", "dataset.n_per_class=6", "dataset.size=48",
+        "prepare.depth_range=minmax", "classifiers=[logreg, knn]",
+        "features=[{name: sift_bovw, params: {n_words: 8}}, {name: concat, label: sift+lbp, "
+        "params: {parts: [{name: sift_bovw, params: {n_words: 8}}, lbp]}}]"))
+    rs = ctx.records()
+    assert len(rs) == 2 * 2 * 3 and all(r["status"] == "ok" for r in rs), [r["error"] for r in rs]
+    # image index of every descriptor set (the per-image stage the engine cached)
+    index = {_digest(d): i for i, d in enumerate(ctx.per_image("sift_bovw"))}
+    assert len(index) == 24
+    plan = json.loads((ctx.run_dir / "splits.json").read_text())["folds"]
+    seen = sorted(sorted(index[h] for h in f) for f in fits)
+    expected = sorted(sorted(s["train"]) for s in plan for _ in range(2 * 2))  # 2 rows x 2 classifiers
+    assert seen == expected, "a codebook was fitted on images outside its training fold"

@@ -13,12 +13,13 @@ import cv2
 import numpy as np
 import pytest
 
+import keras  # noqa: F401  (an install requirement: a missing Keras is an error, not a skip)
+
+from bench import augment as A
+from bench import finetune as F
+from bench.data import parcel
 from bench.data.base import Dataset
 from bench.errors import ConfigError, DataError, WeightsError
-
-keras = pytest.importorskip("keras")
-F = pytest.importorskip("bench.finetune")
-A = pytest.importorskip("bench.augment")
 
 SHAPES = ("disk", "square", "cross")
 
@@ -295,7 +296,6 @@ def test_interrupted_work_dir_is_restarted_cleanly_and_finished_one_reused(tmp_p
 
 
 def test_scratch_cnn_learns_synthetic_parcels(tmp_path):
-    parcel = pytest.importorskip("bench.data.parcel")
     ds = parcel.synthetic_parcel(n_per_class=40, size=48, seed=0, classes=["envelope", "polybag", "tube"])
     train, test = fold(ds.labels)
     spec = {"label": "scratch", "mode": "scratch", "input_size": 48, "filters": [8, 16, 32],

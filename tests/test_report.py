@@ -124,6 +124,75 @@ def test_verdict_sentence(html):
     assert ("beats" in v) != ("No significant difference" in v)
 
 
+def _table_rows(html: str, table_id: str) -> list[list[tuple[str, str | None]]]:
+    """``[(text, data-sort)]`` per cell of each body row of the HTML table ``table_id``."""
+    body = re.search(rf'id="{table_id}".*?<tbody>(.*?)</tbody>', html, re.S).group(1)
+    rows = []
+    for tr in re.findall(r"<tr[^>]*>(.*?)</tr>", body, re.S):
+        cells = re.findall(r'<td([^>]*)>(.*?)</td>', tr, re.S)
+        rows.append([(re.sub(r"<[^>]+>.*", "", text, flags=re.S).strip(),
+                      (re.search(r'data-sort="([^"]*)"', attrs) or [None, None])[1]) for attrs, text in cells])
+    return rows
+
+
+def _nadeau_bengio(a, b, n_train, n_test):
+    """The corrected resampled t-test, written out: t = mean(d) / sqrt((1/J + n2/n1) var(d))."""
+    from scipy import stats as st
+    d = np.asarray(a) - np.asarray(b)
+    j = len(d)
+    t = d.mean() / np.sqrt((1 / j + np.mean(n_test) / np.mean(n_train)) * d.var(ddof=1))
+    return t, 2 * st.t.sf(abs(t), j - 1)
+
+
+def test_displayed_corrected_ttest_recomputed_from_the_records(full, html):
+    """Every p-value of the statistics table equals the Nadeau-Bengio test recomputed here from
+    records.jsonl (per-split macro-F1 of the two rows, their recorded train and test sizes)."""
+    run_dir, _ = full
+    recs = [json.loads(l) for l in (run_dir / "records.jsonl").read_text().splitlines()]
+    by_label = {}
+    for r in recs:
+        if r["status"] == "ok" and not r["variant"]:
+            by_label.setdefault(f"{r['feature']} + {r['classifier']}", {})[r["split"]] = r
+    rows = _table_rows(html, "t-statistics")
+    assert len(rows) >= 2
+    for cells in rows:
+        la, lb = (c[0].replace(" [random-init]", "") for c in cells[:2])
+        ra, rb = by_label[la], by_label[lb]
+        common = sorted(set(ra) & set(rb))
+        assert int(cells[3][0]) == len(common) == 5
+        n_train = [ra[s]["n_train"] for s in common]
+        n_test = [ra[s]["n_test"] for s in common]
+        assert 0.2 < np.mean(n_test) / np.mean(n_train) < 0.3        # 5 folds: test / train = 1/4
+        t, p = _nadeau_bengio([ra[s]["macro_f1"] for s in common], [rb[s]["macro_f1"] for s in common],
+                              n_train, n_test)
+        assert float(cells[4][1]) == pytest.approx(t, rel=1e-9)
+        assert float(cells[5][1]) == pytest.approx(p, rel=1e-9)
+        assert cells[5][0] == tables.fmt_p(p)                        # the text a reader sees
+        assert abs(float(cells[5][0].lstrip("< ")) - p) < 0.005 or p < 0.001
+    # the verdict quotes the first comparison's p-value
+    first_p = tables.fmt_p(float(rows[0][5][1]))
+    verdict = re.search(r'<div class="verdict">(.*?)</div>', html, re.S).group(1)
+    assert f"corrected t-test p = {first_p}" in verdict or f"corrected t-test p {first_p}" in verdict
+
+
+def test_every_embedded_image_decodes_completely(html):
+    """Each ``data:image/png;base64`` image (figures and thumbnails) is a whole PNG: its CRCs
+    check, it ends with IEND, and Pillow decodes every pixel row."""
+    import base64
+    import io
+
+    from PIL import Image
+    uris = re.findall(r'src="data:image/png;base64,([^"]*)"', html)
+    assert len(uris) > 20
+    for k, b64 in enumerate(uris):
+        png = base64.b64decode(b64, validate=True)
+        assert png.startswith(b"\x89PNG\r\n\x1a\n") and png.endswith(b"IEND\xaeB`\x82"), f"image {k} truncated"
+        Image.open(io.BytesIO(png)).verify()                          # chunk CRCs
+        with Image.open(io.BytesIO(png)) as im:
+            im.load()                                                  # every row decodes
+            assert im.width > 0 and im.height > 0
+
+
 # --------------------------------------------------------------------------- rebuild, robustness
 def test_rebuild_from_copied_folder_gives_identical_tables(tmp_path, monkeypatch):
     run_dir = make_fake_run(tmp_path / "runs", features=FEATURES[:3] + FEATURES[4:], random_split=True,

@@ -1,7 +1,8 @@
 """The HTML report as a person sees it: headless Chromium, every image decoded, no console error.
 
 Needs the system ``chromium`` + ``chromium-driver`` packages (Debian) and selenium; it is
-skipped with the reason otherwise (``make browser-deps`` installs them where it can).
+skipped with the reason when one of them is missing (``make browser-deps`` installs them
+where it can); any other failure to start the browser fails the tests.
 The driver is the system chromedriver: selenium never downloads one.
 """
 import os
@@ -48,10 +49,9 @@ def driver():
                 "--window-size=1300,900", "--disable-extensions", "--no-first-run"):
         opts.add_argument(arg)
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    try:
-        d = webdriver.Chrome(options=opts, service=Service(executable_path=drv))
-    except Exception as exc:  # noqa: BLE001 - e.g. driver/browser version mismatch
-        pytest.skip(f"cannot start headless Chromium ({browser}, {drv}): {type(exc).__name__}: {exc}")
+    # installed but failing to start (e.g. a driver/browser version mismatch) is a failure,
+    # not a skip: only the missing programs above skip
+    d = webdriver.Chrome(options=opts, service=Service(executable_path=drv))
     yield d
     d.quit()
 
@@ -72,6 +72,24 @@ def test_report_opens_with_all_images_and_no_console_errors(driver, report_html,
     assert len(state) > 20
     broken = [alt for complete, width, alt in state if not (complete and width > 0)]
     assert not broken, f"images not decoded: {broken[:5]}"
+    # a truncated PNG still loads with its full size; its missing rows stay transparent. Draw
+    # each image on a canvas at its natural size and read its last row back.
+    painted = driver.execute_script("""
+        return Array.from(document.images).map(function (img) {
+            var c = document.createElement('canvas');
+            c.width = img.naturalWidth; c.height = img.naturalHeight;
+            var g = c.getContext('2d');
+            g.drawImage(img, 0, 0);
+            var rows = [0, Math.floor(c.height / 2), c.height - 1].map(function (y) {
+                var d = g.getImageData(0, y, c.width, 1).data, opaque = 0;
+                for (var k = 3; k < d.length; k += 4) { if (d[k] > 0) opaque++; }
+                return opaque / c.width;
+            });
+            return [img.alt, rows];
+        });""")
+    assert len(painted) == len(state)
+    empty = [(alt, rows) for alt, rows in painted if min(rows) < 0.5]
+    assert not empty, f"images not fully decoded (share of painted pixels in first/middle/last row): {empty[:5]}"
     errors = [e for e in driver.get_log("browser") if e.get("level") == "SEVERE"]
     assert not errors, errors
     # the class name with HTML is shown as text, never executed

@@ -187,10 +187,9 @@ class Concat(Extractor):
             self._built = cached
         return cached[1]
 
-    def __getstate__(self):
-        state = dict(super().__getstate__())
-        state.pop("_built", None)  # rebuilt in the receiving process
-        return state
+    # The built parts travel with the concatenation to worker processes (a worker cannot
+    # rebuild a plugin's part by name; a CNN part leaves its model behind, see
+    # CNNFeatures.__getstate__).
 
     family = _Family()
 

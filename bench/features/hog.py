@@ -11,8 +11,10 @@ The default ``size=(64, 64)`` gives 7 x 7 blocks, 1764 values: enough resolution
 the small images of the bundled datasets, and a vector short enough for the
 classifiers; use ``(128, 128)`` for larger objects.
 
-Differences from scikit-image (both are Dalal-Triggs HOG; a test checks the two
-vectors are strongly correlated and agree on the dominant orientation):
+Differences from scikit-image (both are Dalal-Triggs HOG; tests check that the two
+vectors are equal element by element where both compute the same numbers -- 1-pixel
+cells, gradients on bin centres, blocks off the border -- and otherwise strongly
+correlated and agreeing on the dominant orientation):
 
 * OpenCV votes with trilinear interpolation (between the 2 nearest orientation bins
   and the 4 nearest cells); scikit-image votes into one bin of one cell.
