@@ -210,10 +210,13 @@ def cmd_list(args) -> int:
 def cmd_report(args) -> int:
     from . import aggregate, report
     run_dir = Path(args.run_dir)
+    out = Path(args.out) if args.out else Path("reports") / run_dir.resolve().name
+    formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
+    bad = [f for f in formats if f not in ("html", "pdf")]
+    if bad:
+        raise BenchError(f"--format {','.join(bad)} is not supported", "use html, pdf or html,pdf")
     if (run_dir / "suite.json").exists():  # a suite folder: every dataset's report and the suite's
         from . import suite
-        formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
-        out = Path(args.out) if args.out else Path("reports") / run_dir.resolve().name
         paths = suite.rebuild_reports(run_dir, out, formats)
         _print_report_paths(paths["suite"])
         return 0
@@ -223,11 +226,6 @@ def cmd_report(args) -> int:
     from . import records as rec
     aggregate.save_summary(run_dir)
     print(aggregate.leaderboard_text(aggregate.summarize(rec.load(run_dir / "records.jsonl"))))
-    out = Path(args.out) if args.out else Path("reports") / run_dir.resolve().name
-    formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
-    bad = [f for f in formats if f not in ("html", "pdf")]
-    if bad:
-        raise BenchError(f"--format {','.join(bad)} is not supported", "use html, pdf or html,pdf")
     _print_report_paths(report.build(run_dir, out, formats=formats))
     return 0
 
