@@ -163,6 +163,7 @@ def _print_report_paths(paths: dict) -> None:
 
 
 def cmd_list(args) -> int:
+    from . import regressors  # noqa: F401  (fills REGRESSORS: the counters' regressors)
     from .engine import load_components
     from .registry import ALL
     load_components()
@@ -176,6 +177,8 @@ def cmd_list(args) -> int:
                 b = e.obj
                 extra = (f"  [input {getattr(b, 'default_size', '?')} px, min {getattr(b, 'min_size', '?')};"
                          f" layers: {', '.join(getattr(b, 'layers', {}) or [])}]")
+            elif axis == "regressors" and e.meta.get("grid"):
+                extra = "  [search: " + ", ".join(f"{k} {v}" for k, v in e.meta["grid"].items()) + "]"
             print(f"  {e.name:<24} {e.description}{extra}")
         print()
     return 0
@@ -282,7 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_run)
 
     l_ = add("list", "list registered components")
-    l_.add_argument("axis", nargs="?", choices=["datasets", "features", "backbones", "classifiers"])
+    l_.add_argument("axis", nargs="?", choices=["datasets", "features", "backbones", "classifiers",
+                                                "regressors"])
     l_.set_defaults(func=cmd_list)
 
     rp = add("report", "rebuild a run's report from its saved records")
