@@ -218,16 +218,20 @@ def test_regression_rows_per_variant_and_failures_are_isolated(tmp_path):
 def test_cnn_training_crops_keep_the_counts():
     from bench.counting.cnn import _Crops, cnn_options
 
-    o = cnn_options({"tile": 32, "downsample": 2, "filters": [4, 4], "batch_size": 16}, 16)[0]
+    o = cnn_options({"tile": 32, "downsample": 2, "stem": 1, "filters": [4, 4], "batch_size": 16}, 16)[0]
     rng = np.random.default_rng(0)
     xy = rng.uniform(0, [96, 64], (30, 2))
     lab = rng.integers(0, 2, 30)
     img = rng.uniform(0, 255, (32, 48, 3)).astype(np.float32)  # downsampled 64 x 96 scene
     crops = _Crops([(img, xy, lab)], o, 2, rng)
-    _, dens = crops.items[0]
+    _, dens, _ = crops.items[0]
     np.testing.assert_allclose(dens.sum((0, 1)), np.bincount(lab, minlength=2), atol=1e-6)
     X, Y = crops.batch()
     assert X.shape == (16, 16, 16, 3) and Y.shape == (16, 4, 4, 2)
+    # positive crops hold an animal (its cell, and so most of its density mass)
+    o_pos = dict(o, positive=1.0)
+    _, Y = _Crops([(img, xy, lab)], o_pos, 2, np.random.default_rng(1)).batch()
+    assert (Y.sum((1, 2, 3)) > 0.1).all()
     with pytest.raises(ConfigError, match="multiples of the output cell"):
         cnn_options({"tile": 30}, 16)
     with pytest.raises(ConfigError, match="did you mean 'steps'"):
@@ -246,3 +250,22 @@ def test_cnn_counter_runs_on_held_out_scenes(tmp_path):
     assert np.isfinite(cnn["predicted"]).all() and (cnn["predicted"] >= 0).all()
     curve = pd.read_csv(tmp_path / "analysis" / "count_cnn" / "count-cnn-split0.csv")
     assert curve["step"].iloc[-1] == 20 and np.isfinite(curve["loss"]).all()
+
+
+def test_window_and_regression_counters_in_one_run(tmp_path):
+    """Regression: the window counters once looped over every method of count.method and
+    failed on 'regression' ('unknown method'); each family now gets its own methods."""
+    from sklearn.ensemble import RandomForestClassifier
+
+    load_components()
+    ds = _blob_scenes(tmp_path, n_scenes=4)
+    hist = FEATURES.create("color_hist", bins=[12, 2, 2])
+    ctx = _RegCtx(ds, tmp_path, hist)
+    ctx.per_image = lambda label: hist.transform(ds.images())
+    ctx.make_pipeline = lambda f, c: RandomForestClassifier(20, random_state=0)
+    ctx.classifier_labels = ["rf"]
+    counts, rmse = run_counting(ctx, {"method": ["nms", "regression"], "features": ["hist"],
+                                      "classifier": "rf", "stride": 8, "splits": [0],
+                                      "regression": {"tile": 32, "regressors": [{"name": "ridge", "search": {}}]}})
+    assert (rmse["status"] == "ok").all(), rmse[rmse["status"] != "ok"]["error"].tolist()
+    assert set(counts["method"]) == {"baseline", "nms", "regression"}

@@ -1,8 +1,12 @@
 """An end-to-end convolutional count regressor (the ``cnn`` counting method).
 
-A small fully convolutional network maps an image to a map of per-class counts: one
-output cell per ``2 ** len(filters)`` input pixels (after an optional ``downsample``
-by area averaging), softplus (Poisson loss) or ReLU (MSE loss) outputs. Each output
+A small fully convolutional network maps an image to a map of per-class counts: a
+learned stride-``stem`` 3x3 convolution, then one conv block and 2x2 max-pooling per
+entry of ``filters``, so one output cell covers ``downsample * stem * 2 ** len(filters)``
+pixels of the photo (``downsample``: an optional area resize first, for large
+photos); softplus (Poisson loss) or ReLU (MSE loss) outputs. A learned stem keeps the
+full-resolution detail that tells an adult male from a subadult male (measured on the
+synthetic scenes: mean column-wise RMSE 8.96 vs 9.59 with an area resize by 2 instead). Each output
 cell is a tiny tile, and its target is the animals' Gaussian density (``sigma`` px)
 integrated over the cell (:func:`bench.counting.tiles.tile_targets` on the cell grid),
 so the loss is a Poisson (or squared) error on tile counts. A scene's count is the
@@ -11,7 +15,9 @@ at the scene's edge) and the tile sums are added.
 
 Training (``steps`` Adam steps of ``batch_size`` crops, no early stopping: a fixed
 budget keeps it CPU-cheap and leaves the held-out scenes untouched) draws ``tile``-px
-crops from the *training* scenes at random cell-aligned positions. Augmentation: the
+crops from the *training* scenes at random cell-aligned positions (a share ``positive``
+of them placed to hold a random training animal: on a large photo with a few dozen
+animals, uniform crops are nearly all empty). Augmentation: the
 eight flips/quarter turns (count preserving, applied to the crop and its target
 map), and with ``jitter: a`` a random per-channel gain ``U(1-a, 1+a)`` (colour
 jitter). ``normalize`` applies the same per-scene colour normalisation as the
@@ -21,10 +27,10 @@ held-out scenes. The loss every 50 steps is saved beside the run
 
 Spec (``count.cnn``, a mapping or a list of mappings, one row each): ``label``
 (``count-cnn``), ``tile`` (crop side in px, default 2 patch sizes), ``downsample``
-(2), ``filters`` ([16, 32, 32]), ``steps`` (1500), ``batch_size`` (32), ``lr``
-(0.002), ``loss`` (``poisson`` | ``mse``), ``sigma`` (patch_size / 8 px),
+(1), ``stem`` (2), ``filters`` ([16, 32, 32]), ``steps`` (1500), ``batch_size`` (32), ``lr``
+(0.001), ``loss`` (``poisson`` | ``mse``), ``sigma`` (patch_size / 8 px),
 ``normalize`` (``none``), ``jitter`` (0.1), ``augment`` (true: flips and quarter
-turns), ``predict_tile`` (512 px).
+turns), ``predict_tile`` (512 px), ``positive`` (0).
 """
 from __future__ import annotations
 
@@ -40,8 +46,8 @@ from .tiles import SceneColour, check_normalize, tile_targets
 
 log = logging.getLogger(__name__)
 
-CNN_KEYS = ("label", "tile", "downsample", "filters", "steps", "batch_size", "lr", "loss", "sigma",
-            "normalize", "jitter", "augment", "predict_tile")
+CNN_KEYS = ("label", "tile", "downsample", "stem", "filters", "steps", "batch_size", "lr", "loss", "sigma",
+            "normalize", "jitter", "augment", "predict_tile", "positive")
 LOSSES = ("poisson", "mse")
 
 
@@ -60,29 +66,33 @@ def cnn_options(spec, patch_size: int) -> list[dict]:
                                   (f"did you mean {close[0]!r}? " if close else "")
                                   + f"allowed: {', '.join(CNN_KEYS)}")
         o = {"label": str(item.get("label", "count-cnn")), "tile": int(item.get("tile", 2 * patch_size)),
-             "downsample": int(item.get("downsample", 2)),
+             "downsample": int(item.get("downsample", 1)), "stem": int(item.get("stem", 2)),
              "filters": [int(f) for f in item.get("filters", [16, 32, 32])],
              "steps": int(item.get("steps", 1500)), "batch_size": int(item.get("batch_size", 32)),
-             "lr": float(item.get("lr", 2e-3)), "loss": str(item.get("loss", "poisson")),
+             "lr": float(item.get("lr", 1e-3)), "loss": str(item.get("loss", "poisson")),
              "sigma": float(item.get("sigma", max(1.0, patch_size / 8))),
              "normalize": check_normalize(item.get("normalize", "none"), "count.cnn.normalize"),
              "jitter": float(item.get("jitter", 0.1)), "augment": bool(item.get("augment", True)),
-             "predict_tile": int(item.get("predict_tile", 512))}
+             "predict_tile": int(item.get("predict_tile", 512)),
+             "positive": float(item.get("positive", 0.0))}
         if o["loss"] not in LOSSES:
             raise ConfigError(f"count.cnn.loss: unknown loss {o['loss']!r}", f"one of {', '.join(LOSSES)}")
-        cell = o["downsample"] * 2 ** len(o["filters"])
-        if not o["filters"] or o["downsample"] < 1 or o["tile"] % cell or o["predict_tile"] % cell:
+        cell = o["downsample"] * o["stem"] * 2 ** len(o["filters"])
+        if not o["filters"] or o["downsample"] < 1 or o["stem"] < 1 or o["tile"] % cell \
+                or o["predict_tile"] % cell:
             raise ConfigError(f"count.cnn: tile {o['tile']} and predict_tile {o['predict_tile']} must be "
-                              f"multiples of the output cell, downsample x 2^len(filters) = {cell} px",
-                              "e.g. tile: 64 with downsample: 2 and three filters")
-        if not 0 <= o["jitter"] < 1 or o["steps"] < 1 or o["batch_size"] < 1:
+                              f"multiples of the output cell, downsample x stem x 2^len(filters) = {cell} px",
+                              "e.g. tile: 64 with stem: 2 and three filters (16 px cells)")
+        if not 0 <= o["jitter"] < 1 or o["steps"] < 1 or o["batch_size"] < 1 or not 0 <= o["positive"] <= 1:
             raise ConfigError(f"count.cnn: bad value in {item}",
-                              "jitter in [0, 1), steps and batch_size >= 1")
+                              "jitter in [0, 1), positive in [0, 1], steps and batch_size >= 1")
         o["cell"] = cell
         o["variant"] = ", ".join([f"tile {o['tile']}", f"x1/{o['downsample']}" if o["downsample"] > 1 else "full res",
+                                  f"{o['cell']} px cells",
                                   o["normalize"] if o["normalize"] != "none" else "no normalisation",
                                   f"jitter {o['jitter']:g}" if o["jitter"] else "no jitter",
-                                  f"{o['steps']} steps"])
+                                  f"{o['steps']} steps"] + ([f"{o['positive']:g} positive crops"]
+                                                            if o["positive"] else []))
         out.append(o)
     labels = [o["label"] + o["variant"] for o in out]
     if len(set(labels)) != len(labels):
@@ -91,19 +101,32 @@ def cnn_options(spec, patch_size: int) -> list[dict]:
     return out
 
 
-def build_count_cnn(n_classes: int, filters: Sequence[int], loss: str, lr: float):
-    """The fully convolutional counter: (conv3x3-ReLU x2, maxpool) per filter, conv3x3, 1x1 head."""
+def build_count_cnn(n_classes: int, filters: Sequence[int], loss: str, lr: float,
+                    mean_count: float = 0.05, stem: int = 2):
+    """The fully convolutional counter: (conv3x3-BN-ReLU, conv3x3-ReLU, maxpool) per filter,
+    conv3x3, 1x1 head. The head's bias starts at the mean cell count (``mean_count``):
+    started far above it, a Poisson loss on mostly empty cells drove every unit to zero
+    output on some splits (measured), a dead start the network never left."""
     import keras
     from keras import layers
 
     inp = keras.Input((None, None, 3))
     x = layers.Rescaling(1.0 / 255)(inp)
+    if stem > 1:
+        x = layers.Conv2D(int(filters[0]), 3, strides=int(stem), padding="same", use_bias=False)(x)
+        x = layers.BatchNormalization()(x)
+        x = layers.Activation("relu")(x)
     for f in filters:
-        x = layers.Conv2D(int(f), 3, padding="same", activation="relu")(x)
+        x = layers.Conv2D(int(f), 3, padding="same", use_bias=False)(x)
+        x = layers.BatchNormalization()(x)
+        x = layers.Activation("relu")(x)
         x = layers.Conv2D(int(f), 3, padding="same", activation="relu")(x)
         x = layers.MaxPooling2D()(x)
     x = layers.Conv2D(int(filters[-1]), 3, padding="same", activation="relu")(x)
-    out = layers.Conv2D(n_classes, 1, activation="softplus" if loss == "poisson" else "relu")(x)
+    m = max(float(mean_count), 1e-4)
+    bias = float(np.log(np.expm1(m))) if loss == "poisson" else m
+    out = layers.Conv2D(n_classes, 1, activation="softplus" if loss == "poisson" else "relu",
+                        bias_initializer=keras.initializers.Constant(bias))(x)
     model = keras.Model(inp, out, name="count_cnn")
     model.compile(keras.optimizers.Adam(lr), loss="poisson" if loss == "poisson" else "mse")
     return model
@@ -137,7 +160,8 @@ class _Crops:
             canvas[:img.shape[0], :img.shape[1]] = img
             dens = tile_targets(xy / f, lab, n_classes, gh * small, gw * small, small, "density",
                                 o["sigma"] / f).reshape(gh, gw, n_classes).astype(np.float32)
-            self.items.append((canvas, dens))
+            cells = np.floor(np.asarray(xy, np.float64).reshape(-1, 2) / f / small).astype(np.int64)
+            self.items.append((canvas, dens, cells))
         self.c = o["tile"] // cell  # cells per crop side
 
     def batch(self):
@@ -147,9 +171,14 @@ class _Crops:
         X = np.zeros((o["batch_size"], side, side, 3), np.float32)
         Y = np.zeros((o["batch_size"], c, c, self.n), np.float32)
         for b in range(o["batch_size"]):
-            canvas, dens = self.items[rng.integers(len(self.items))]
+            canvas, dens, cells = self.items[rng.integers(len(self.items))]
             gh, gw = dens.shape[:2]
-            cy, cx = rng.integers(0, max(1, gh - c + 1)), rng.integers(0, max(1, gw - c + 1))
+            if len(cells) and rng.random() < o["positive"]:  # a crop that holds a given animal
+                px, py = cells[rng.integers(len(cells))]
+                cy = int(np.clip(py - rng.integers(c), 0, max(0, gh - c)))
+                cx = int(np.clip(px - rng.integers(c), 0, max(0, gw - c)))
+            else:
+                cy, cx = rng.integers(0, max(1, gh - c + 1)), rng.integers(0, max(1, gw - c + 1))
             x = canvas[cy * small:(cy + c) * small, cx * small:(cx + c) * small]
             y = dens[cy:cy + c, cx:cx + c]
             if o["augment"]:
@@ -193,7 +222,8 @@ def count_cnn_split(o: Mapping, info: Mapping, read, split_id, train_scenes, tes
     scenes = [(_prepared(read(s), colour, o).astype(np.float32), info[s]["points_xy"], info[s]["labels"])
               for s in train_scenes]
     crops = _Crops(scenes, o, len(animal), np.random.default_rng([int(seed), int(split_id)]))
-    model = build_count_cnn(len(animal), o["filters"], o["loss"], o["lr"])
+    mean_cell = float(np.mean([d.mean() for _, d, _ in crops.items])) if crops.items else 0.05
+    model = build_count_cnn(len(animal), o["filters"], o["loss"], o["lr"], mean_cell, o["stem"])
     curve, acc = [], []
     for step in range(1, o["steps"] + 1):
         X, Y = crops.batch()

@@ -14,8 +14,9 @@ random forest, gradient boosting; :mod:`bench.regressors`) is fitted in a Pipeli
 hyperparameters are chosen inside the training scenes: an inner
 :class:`~sklearn.model_selection.GroupKFold` by scene, scored by the mean
 column-wise RMSE of the inner held-out *scene* counts (the metric of the task, not
-the tile error). A held-out scene's count is the sum of its tiles' predictions,
-each clipped at zero.
+the tile error). With a single training scene (two real photos, two folds) the
+inner folds are the four quarters of that scene instead. A held-out scene's count is the sum of its tiles' predictions,
+each clipped at zero (and at :func:`tile_cap`).
 """
 from __future__ import annotations
 
@@ -82,9 +83,23 @@ def build_regressor(spec: Mapping, params: Mapping | None = None, seed: int = 0,
     return Pipeline(steps + [("scale", StandardScaler()), ("reg", est)])
 
 
-def scene_sums(pred: np.ndarray, scene_of_tile: np.ndarray, scenes: Sequence) -> np.ndarray:
-    """Per-scene counts: the sum of each scene's tile predictions, each clipped at 0."""
-    pred = np.clip(np.asarray(pred, dtype=np.float64).reshape(len(scene_of_tile), -1), 0, None)
+def tile_cap(Y: np.ndarray) -> np.ndarray:
+    """Per-class upper bound of a tile prediction: twice the most crowded training tile, plus one.
+
+    A log-link model (Poisson GLM) extrapolates exponentially on a tile unlike any training
+    tile (measured: overflow on a new terrain colour); no tile can hold far more animals
+    than the most crowded tile seen in training.
+    """
+    Y = np.asarray(Y, dtype=np.float64)
+    return 2 * Y.max(axis=0) + 1 if len(Y) else None
+
+
+def scene_sums(pred: np.ndarray, scene_of_tile: np.ndarray, scenes: Sequence, cap=None) -> np.ndarray:
+    """Per-scene counts: the sum of each scene's tile predictions, each clipped to ``[0, cap]``."""
+    pred = np.asarray(pred, dtype=np.float64).reshape(len(scene_of_tile), -1)
+    pred = np.clip(np.nan_to_num(pred, nan=0.0, posinf=np.inf), 0, None)
+    if cap is not None:
+        pred = np.minimum(pred, np.asarray(cap, dtype=np.float64))
     return np.stack([pred[scene_of_tile == s].sum(0) for s in scenes]) if len(scenes) else \
         np.zeros((0, pred.shape[1]))
 
@@ -123,7 +138,7 @@ def fit_count_regressor(X, Y, scene_of_tile, original, spec: Mapping, seed: int 
                 tr = np.isin(groups, list(tr_set))
                 ev = np.isin(groups, te) & original
                 model = build_regressor(spec, params, seed, fold_stage).fit(_take(X, tr), Y[tr])
-                pred = scene_sums(model.predict(_take(X, ev)), groups[ev], te)
+                pred = scene_sums(_predict(model, _take(X, ev)), groups[ev], te, tile_cap(Y[tr]))
                 true = scene_sums(Y[ev], groups[ev], te)
                 errs.append(_col_rmse(pred, true))
             scores.append(float(np.mean(errs)))
@@ -131,6 +146,16 @@ def fit_count_regressor(X, Y, scene_of_tile, original, spec: Mapping, seed: int 
         best, best_score = grid[i], scores[i]
     model = build_regressor(spec, best, seed, fold_stage).fit(X, Y)
     return model, best, best_score
+
+
+def _predict(model, X) -> np.ndarray:
+    """``model.predict`` without the overflow warnings of a log link (capped afterwards)."""
+    with np.errstate(over="ignore"):
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "overflow encountered", RuntimeWarning)
+            return np.asarray(model.predict(X), dtype=np.float64)
 
 
 def _take(X, mask):
@@ -212,8 +237,9 @@ class TileBank:
 
     def build(self, variant: Variant, feature: str, scene_ids: Sequence[str], colour: SceneColour,
               with_copies: bool):
-        """``(X, Y, scene_of_tile, original)`` of the scenes' tiles for ``feature``."""
-        Xs, Ys, groups, orig = [], [], [], []
+        """``(X, Y, scene_of_tile, original, quadrant)`` of the scenes' tiles for ``feature``;
+        ``quadrant`` names the scene quarter of each tile (``<scene>#<0..3>``)."""
+        Xs, Ys, groups, orig, quads = [], [], [], [], []
         for sid in scene_ids:
             info = self.scenes[sid]
             copies = [0] + (list(range(1, int(variant.copies) + 1)) if with_copies and variant.jitter else [])
@@ -223,7 +249,7 @@ class TileBank:
                     rng = np.random.default_rng([int(self.seed), k, int(info["key"][:8], 16)])
                     img = colour_jitter(img, rng, float(variant.jitter))
                 img = colour(img)
-                _, tiles = scene_tiles(img, int(variant.tile))
+                origins, tiles = scene_tiles(img, int(variant.tile))
                 ident = json.dumps([info["key"], variant.tile, colour.key(), k, variant.jitter if k else 0,
                                     self.seed if k else 0])
                 Xs.append(tile_features(self.ctx, feature, tiles, ident))
@@ -232,22 +258,28 @@ class TileBank:
                                        int(variant.tile), variant.target, variant.sigma))
                 groups += [sid] * len(tiles)
                 orig += [k == 0] * len(tiles)
+                h, w = img.shape[:2]
+                quads += [f"{sid}#{2 * int(2 * y >= h) + int(2 * x >= w)}" for x, y in origins]
         from .windows import _concat
 
-        return _concat(Xs), np.concatenate(Ys), np.asarray(groups, dtype=object), np.asarray(orig)
+        return (_concat(Xs), np.concatenate(Ys), np.asarray(groups, dtype=object), np.asarray(orig),
+                np.asarray(quads, dtype=object))
 
 
 def count_regression_split(ctx, bank: TileBank, features: Sequence[str], specs: Sequence[Mapping],
                            variants: Sequence[Variant], split_id, train_scenes, test_scenes,
                            truth, animal: Sequence[str], seed: int, inner_splits: int = 3,
-                           on_fail=None, on_done=None) -> tuple[list[dict], list[dict]]:
+                           on_fail=None, on_done=None, done: set | None = None
+                           ) -> tuple[list[dict], list[dict]]:
     """Counts of the held-out scenes by every (feature, regressor, variant) on one split.
 
     Returns ``(count rows, model rows)``; a failing (feature, regressor, variant) is
     passed to ``on_fail(feature, label, variant, exc)`` and skipped, ``on_done()`` is
-    called after each cell (progress).
+    called after each cell (progress). ``done`` holds the ``(feature, regressor label,
+    variant label)`` already counted on this split (skipped; the new ones are added).
     """
     rows, models = [], []
+    done = set() if done is None else done
     for variant in variants:
         colour = SceneColour(variant.normalize)
         if variant.normalize == "histmatch":
@@ -255,23 +287,36 @@ def count_regression_split(ctx, bank: TileBank, features: Sequence[str], specs: 
         else:
             colour.fit([])
         for feature in features:
+            todo = [sp for sp in specs if (feature, sp["label"], variant.label()) not in done]
+            if not todo:
+                for _ in specs:
+                    if on_done:
+                        on_done()
+                continue
             try:
-                Xtr, Ytr, gtr, otr = bank.build(variant, feature, train_scenes, colour, True)
-                Xte, _, gte, _ = bank.build(variant, feature, test_scenes, colour, False)
+                Xtr, Ytr, gtr, otr, qtr = bank.build(variant, feature, train_scenes, colour, True)
+                Xte, _, gte, _, _ = bank.build(variant, feature, test_scenes, colour, False)
+                # inner folds by scene; with a single training scene, by its quarters
+                inner_groups = gtr if len(train_scenes) >= 2 else qtr
                 fold_stage = _fold_stage(ctx, feature)
             except Exception as exc:  # a broken feature fails its cells, not the run
                 for spec in specs:
-                    if on_fail:
+                    if on_fail and spec in todo:
                         on_fail(feature, spec["label"], variant, exc)
                     if on_done:
                         on_done()
                 continue
             for spec in specs:
+                if spec not in todo:
+                    if on_done:
+                        on_done()
+                    continue
+                done.add((feature, spec["label"], variant.label()))
                 t0 = time.perf_counter()
                 try:
-                    model, best, inner = fit_count_regressor(Xtr, Ytr, gtr, otr, spec, seed, fold_stage,
-                                                             inner_splits)
-                    pred = scene_sums(model.predict(Xte), gte, test_scenes)
+                    model, best, inner = fit_count_regressor(Xtr, Ytr, inner_groups, otr, spec, seed,
+                                                             fold_stage, inner_splits)
+                    pred = scene_sums(_predict(model, Xte), gte, test_scenes, tile_cap(Ytr))
                 except Exception as exc:  # noqa: BLE001
                     if on_fail:
                         on_fail(feature, spec["label"], variant, exc)

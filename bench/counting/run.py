@@ -153,12 +153,16 @@ def _counting_options(spec: Mapping, patch_size: int) -> dict:
             "mine_negatives": mine, "mine_per_scene": int(spec.get("mine_per_scene", 100)),
             "patch_size": patch_size,
             "calibrate": "aggregate" in windows or (threshold == "auto" and "nms" in windows),
-            "regression": _regression_options(spec.get("regression"), patch_size)
-            if "regression" in methods else None,
+            "regression": [_regression_options(b, patch_size) for b in
+                           (spec.get("regression") if isinstance(spec.get("regression"), list)
+                            else [spec.get("regression")])] if "regression" in methods else None,
             "cnn": _cnn_options(spec.get("cnn"), patch_size) if "cnn" in methods else None}
 
 
 def _regression_options(spec, patch_size: int) -> dict:
+    """One block of ``count.regression`` (a mapping; the section may be a list of blocks,
+    each a product of its features x regressors x tiles x normalisations x jitters; a row
+    that an earlier block already made is not made twice)."""
     from .regression import Variant, regressor_specs
     from .tiles import TARGETS, check_normalize
 
@@ -329,15 +333,14 @@ def run_counting(ctx, spec: Mapping | None = None):
     animal = [c for i, c in enumerate(classes) if i != bg]
     truth = true_counts(meta["points"], list(scenes), animal)
     cells = choose_cells(ctx, spec) if opts["window_methods"] else []
-    reg_feats = _regression_features(ctx, opts["regression"]) if opts["regression"] else []
+    blocks = [(b, _regression_features(ctx, b)) for b in opts["regression"] or []]
     plan = _plan(ctx, opts, scenes, np.asarray(ds.groups))
     log.info("counting on splits %s with %s", [p[0] for p in plan], ", ".join(opts["methods"]))
 
     def slides_of(train_scenes, test_scenes):
         return len(test_scenes) + len(train_scenes) * (opts["mine_negatives"] + int(opts["calibrate"]))
 
-    n_reg = (len(reg_feats) * len(opts["regression"]["regressors"]) * len(opts["regression"]["variants"])
-             if opts["regression"] else 0)
+    n_reg = sum(len(f) * len(b["regressors"]) * len(b["variants"]) for b, f in blocks)
     n_cnn = len(opts["cnn"]) if opts["cnn"] else 0
     total = sum(len(cells) * slides_of(p[2], p[3]) + n_reg + n_cnn for p in plan)
     make_bar = getattr(ctx, "progress", None)
@@ -345,6 +348,7 @@ def run_counting(ctx, spec: Mapping | None = None):
     run = _SceneRunner(scenes, bar)
     info = _scene_info(meta, scenes, animal) if (opts["regression"] or opts["cnn"]) else {}
     rows, status, models = [], [], []
+    done_rows: set = set()  # (feature, regressor, setting) of a split: a later block skips them
 
     def failed(method, feature, label, variant, split_id, exc, t0):
         log.error("counting failed for %s %s x %s%s on split %s: %s", method, feature, label,
@@ -355,6 +359,7 @@ def run_counting(ctx, spec: Mapping | None = None):
                            seconds=time.perf_counter() - t0))
 
     for split_id, train_idx, train_scenes, test_scenes in plan:
+        done_rows.clear()
         base = truth.loc[train_scenes].mean(axis=0)
         for sid in test_scenes:
             for c in animal:
@@ -371,15 +376,14 @@ def run_counting(ctx, spec: Mapping | None = None):
                     failed(m, feature, clf_label, None, split_id, exc, t0)
             if bar is not None:  # mining may stop early, a failed cell stops at once
                 bar.update(max(0, slides_of(train_scenes, test_scenes) - (run.slides - before)))
-        if opts["regression"]:
+        for block, feats in blocks:
             from .regression import TileBank, count_regression_split
 
             t0 = time.perf_counter()
             bank = TileBank(ctx, info, run.read, len(animal), seed)
             r, m = count_regression_split(
-                ctx, bank, reg_feats, opts["regression"]["regressors"], opts["regression"]["variants"],
-                split_id, train_scenes, test_scenes, truth, animal, seed,
-                opts["regression"]["inner_splits"],
+                ctx, bank, feats, block["regressors"], block["variants"], split_id, train_scenes,
+                test_scenes, truth, animal, seed, block["inner_splits"], done=done_rows,
                 on_fail=lambda f, lab, v, exc: failed("regression", f, lab, v.label(), split_id, exc, t0),
                 on_done=(lambda: bar.update(1)) if bar is not None else None)
             rows += r

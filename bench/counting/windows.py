@@ -431,7 +431,7 @@ def count_windows_cell(ctx, ds, feature, clf_label, split_id, train_idx, train_s
                        truth, classes, bg, o, run) -> list[dict]:
     """One (feature, classifier) cell of the sliding-window counters on one split: fit on the
     training patches (+ mined windows), calibrate on the training scenes, count the test scenes
-    with every window method of ``o["methods"]``. ``run.image(sid)`` reads a scene."""
+    with every window method of ``o["window_methods"]``. ``run.image(sid)`` reads a scene."""
     from .evaluate import truth_matrix
     n_classes = len(classes)
     ps, stride, border = o["patch_size"], o["stride"], o["border"]
@@ -475,7 +475,7 @@ def count_windows_cell(ctx, ds, feature, clf_label, split_id, train_idx, train_s
         windows = [window_proba(run.image(s), classify, ps, stride, border, o["batch_size"], n_classes)
                    for s in train_scenes]
         tm = truth_matrix(truth, train_scenes, classes, bg)
-        if "aggregate" in o["methods"]:
+        if "aggregate" in o["window_methods"]:
             wpa = calibrate_windows_per_animal([p for _, p in windows], tm, bg,
                                                default_windows_per_animal(ps, stride))
         if thr == "auto":
@@ -487,7 +487,7 @@ def count_windows_cell(ctx, ds, feature, clf_label, split_id, train_idx, train_s
     for sid in test_scenes:
         centres, proba = window_proba(run.image(sid), classify, ps, stride, border, o["batch_size"],
                                       n_classes)
-        for m in o["methods"]:
+        for m in o["window_methods"]:
             res = counts_from_proba(centres, proba, classes, bg, m, ps, stride, o["min_distance"],
                                     thr, wpa)
             for c in truth.columns:
