@@ -10,10 +10,11 @@ synthetic scenes: mean column-wise RMSE 8.96 vs 9.59 with an area resize by 2 in
 cell is a tiny tile, and its target is the animals' Gaussian density (``sigma`` px)
 integrated over the cell (:func:`bench.counting.tiles.tile_targets` on the cell grid),
 so the loss is a Poisson (or squared) error on tile counts. A scene's count is the
-sum of its cells: the network is evaluated on ``predict_tile`` tiles (black padding
-at the scene's edge) and the tile sums are added.
+sum of its cells: the network is evaluated on ``predict_tile`` tiles and the tile
+sums are added (:func:`predict_counts`; all-black cells count 0).
 
-Training (``steps`` Adam steps of ``batch_size`` crops, no early stopping: a fixed
+Training (``steps`` Adam steps of ``batch_size`` crops, the learning rate decaying
+from ``lr`` to 0 along a cosine, no early stopping: a fixed
 budget keeps it CPU-cheap and leaves the held-out scenes untouched) draws ``tile``-px
 crops from the *training* scenes at random cell-aligned positions (a share ``positive``
 of them placed to hold a random training animal: on a large photo with a few dozen
@@ -28,7 +29,7 @@ held-out scenes. The loss every 50 steps is saved beside the run
 Spec (``count.cnn``, a mapping or a list of mappings, one row each): ``label``
 (``count-cnn``), ``tile`` (crop side in px, default 2 patch sizes), ``downsample``
 (1), ``stem`` (2), ``filters`` ([16, 32, 32]), ``steps`` (1500), ``batch_size`` (32), ``lr``
-(0.001), ``loss`` (``poisson`` | ``mse``), ``sigma`` (patch_size / 8 px),
+(0.002), ``loss`` (``poisson`` | ``mse``), ``sigma`` (patch_size / 8 px),
 ``normalize`` (``none``), ``jitter`` (0.1), ``augment`` (true: flips and quarter
 turns), ``predict_tile`` (512 px), ``positive`` (0).
 """
@@ -69,7 +70,7 @@ def cnn_options(spec, patch_size: int) -> list[dict]:
              "downsample": int(item.get("downsample", 1)), "stem": int(item.get("stem", 2)),
              "filters": [int(f) for f in item.get("filters", [16, 32, 32])],
              "steps": int(item.get("steps", 1500)), "batch_size": int(item.get("batch_size", 32)),
-             "lr": float(item.get("lr", 1e-3)), "loss": str(item.get("loss", "poisson")),
+             "lr": float(item.get("lr", 2e-3)), "loss": str(item.get("loss", "poisson")),
              "sigma": float(item.get("sigma", max(1.0, patch_size / 8))),
              "normalize": check_normalize(item.get("normalize", "none"), "count.cnn.normalize"),
              "jitter": float(item.get("jitter", 0.1)), "augment": bool(item.get("augment", True)),
@@ -102,7 +103,7 @@ def cnn_options(spec, patch_size: int) -> list[dict]:
 
 
 def build_count_cnn(n_classes: int, filters: Sequence[int], loss: str, lr: float,
-                    mean_count: float = 0.05, stem: int = 2):
+                    mean_count: float = 0.05, stem: int = 2, steps: int | None = None):
     """The fully convolutional counter: (conv3x3-BN-ReLU, conv3x3-ReLU, maxpool) per filter,
     conv3x3, 1x1 head. The head's bias starts at the mean cell count (``mean_count``):
     started far above it, a Poisson loss on mostly empty cells drove every unit to zero
@@ -128,7 +129,9 @@ def build_count_cnn(n_classes: int, filters: Sequence[int], loss: str, lr: float
     out = layers.Conv2D(n_classes, 1, activation="softplus" if loss == "poisson" else "relu",
                         bias_initializer=keras.initializers.Constant(bias))(x)
     model = keras.Model(inp, out, name="count_cnn")
-    model.compile(keras.optimizers.Adam(lr), loss="poisson" if loss == "poisson" else "mse")
+    # a fixed budget of steps: the learning rate decays to 0 along a cosine over it
+    rate = keras.optimizers.schedules.CosineDecay(float(lr), int(steps)) if steps else float(lr)
+    model.compile(keras.optimizers.Adam(rate), loss="poisson" if loss == "poisson" else "mse")
     return model
 
 
@@ -194,19 +197,27 @@ class _Crops:
 
 
 def predict_counts(model, img: np.ndarray, o: Mapping) -> np.ndarray:
-    """Per-class count of one prepared (colour-normalised, downsampled) scene: tile sums."""
+    """Per-class count of one prepared (colour-normalised, downsampled) scene: tile sums.
+
+    Tiles are ``predict_tile`` px, the last row and column only padded up to a whole
+    cell; a cell whose pixels are all black (padding, or a region blacked out in a
+    dotted survey photo) counts 0: no training crop showed the network such a cell, and
+    on them it overcounted by hundreds (measured).
+    """
+    cs = o["cell"] // o["downsample"]  # px per output cell in the prepared image
     t = o["predict_tile"] // o["downsample"]
     h, w = img.shape[:2]
-    total = 0.0
-    batch = []
+    total = np.zeros(0)
     for y0 in range(0, h, t):
         for x0 in range(0, w, t):
-            tile = np.zeros((t, t, 3), np.float32)
             part = img[y0:y0 + t, x0:x0 + t]
+            ph, pw = -(-part.shape[0] // cs) * cs, -(-part.shape[1] // cs) * cs
+            tile = np.zeros((ph, pw, 3), np.float32)
             tile[:part.shape[0], :part.shape[1]] = part
-            batch.append(tile)
-    for i in range(0, len(batch), 8):
-        total = total + model.predict(np.stack(batch[i:i + 8]), verbose=0).sum(axis=(0, 1, 2))
+            out = model.predict(tile[None], verbose=0)[0]
+            lit = tile.reshape(ph // cs, cs, pw // cs, cs, 3).max(axis=(1, 3, 4)) > 0
+            cnt = (out * lit[..., None]).sum(axis=(0, 1))
+            total = cnt if total.size == 0 else total + cnt
     return np.asarray(total, dtype=np.float64)
 
 
@@ -223,7 +234,8 @@ def count_cnn_split(o: Mapping, info: Mapping, read, split_id, train_scenes, tes
               for s in train_scenes]
     crops = _Crops(scenes, o, len(animal), np.random.default_rng([int(seed), int(split_id)]))
     mean_cell = float(np.mean([d.mean() for _, d, _ in crops.items])) if crops.items else 0.05
-    model = build_count_cnn(len(animal), o["filters"], o["loss"], o["lr"], mean_cell, o["stem"])
+    model = build_count_cnn(len(animal), o["filters"], o["loss"], o["lr"], mean_cell, o["stem"],
+                            o["steps"])
     curve, acc = [], []
     for step in range(1, o["steps"] + 1):
         X, Y = crops.batch()

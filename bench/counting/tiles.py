@@ -158,13 +158,27 @@ class HistogramMatcher:
             vals = flat[ok, c]
             if vals.size == 0:
                 continue
+            if vals.dtype == np.uint8:  # a 256-entry lookup table (what scikit-image does for uint8)
+                counts = np.bincount(vals, minlength=256)
+                present = np.flatnonzero(counts)
+                src_q = np.cumsum(counts[present]) / vals.size
+                lut = np.zeros(256)
+                lut[present] = np.interp(src_q, self._ref_q[c], self._ref_vals[c])
+                res[ok, c] = np.clip(np.rint(lut[vals]), 0, 255).astype(arr.dtype)
+                continue
             src_vals, src_idx, src_counts = np.unique(vals, return_inverse=True, return_counts=True)
             src_q = np.cumsum(src_counts) / vals.size
-            ref_vals = np.flatnonzero(self.ref_counts_[c])
-            ref_q = self.ref_cdf_[c][ref_vals]
-            mapped = np.interp(src_q, ref_q, ref_vals)
+            mapped = np.interp(src_q, self._ref_q[c], self._ref_vals[c])
             res[ok, c] = np.clip(np.rint(mapped[src_idx]), 0, 255).astype(arr.dtype)
         return out
+
+    @property
+    def _ref_vals(self):
+        return [np.flatnonzero(row) for row in self.ref_counts_]
+
+    @property
+    def _ref_q(self):
+        return [cdf[np.flatnonzero(row)] for cdf, row in zip(self.ref_cdf_, self.ref_counts_)]
 
     def key(self) -> str:
         return hashlib.blake2b(self.ref_counts_.tobytes(), digest_size=8).hexdigest()

@@ -31,9 +31,10 @@ used as "no animal here" either. :func:`find_dots` turns one pair into points:
    photo (then neither training nor counting sees the unannotated animals);
 3. **blobs**: ``detector="components"`` (default): 8-connected components of the
    thresholded difference with at least ``min_area`` pixels; a component much
-   larger than one dot (two touching dots) is split by colour and, within a
-   colour, into ``round(area / dot_area)`` parts by k-means on the pixel
-   coordinates. ``detector="log"``: :func:`skimage.feature.blob_log` on the
+   larger than 1.6 median dots, or larger than 1.2 and elongated (principal second
+   moments in a ratio of 3 or more: two touching dots), is split by colour and, within a colour, into
+   ``round(area / dot_area)`` parts (at least 2 when elongated) by k-means on the
+   pixel coordinates. ``detector="log"``: :func:`skimage.feature.blob_log` on the
    difference image (the classic Kaggle recipe), sigma 2-5 px;
 4. **colour**: the median colour of the dot's central pixels (within
    ``core_radius`` px of its centre) in the dotted photo, converted to CIE Lab,
@@ -147,11 +148,11 @@ def _component_blobs(diff: np.ndarray, dotted: np.ndarray, keep: np.ndarray, thr
     blobs = []
     for k in good:
         x0, y0, w, h, area = stats[k]
-        if area <= 1.6 * dot_area:
+        ys, xs = np.nonzero(lab[y0:y0 + h, x0:x0 + w] == k)
+        if area <= 1.6 * dot_area and (area < 1.2 * dot_area or _elongation(xs, ys) < 3.0):
             blobs.append((float(cent[k][0]), float(cent[k][1]), int(area)))
             continue
-        # two or more touching dots: split by colour, then by size within a colour
-        ys, xs = np.nonzero(lab[y0:y0 + h, x0:x0 + w] == k)
+        # two or more touching dots: split by colour, then by size and shape within a colour
         names, dist = classify_colours(dotted[ys + y0, xs + x0], colours)
         names = np.asarray(names)
         ok = dist <= max_colour_distance
@@ -160,7 +161,9 @@ def _component_blobs(diff: np.ndarray, dotted: np.ndarray, keep: np.ndarray, thr
             m = int(sel.sum())
             if m < min_area // 2:
                 continue
-            parts = max(1, int(round(m / (0.8 * dot_area))))
+            parts = max(1, int(round(m / dot_area)))
+            if parts == 1 and m >= 1.2 * dot_area and _elongation(xs[sel], ys[sel]) >= 3.0:
+                parts = 2
             pts = np.stack([xs[sel], ys[sel]], 1).astype(np.float32)
             if parts == 1:
                 blobs.append((x0 + float(pts[:, 0].mean()), y0 + float(pts[:, 1].mean()), m))
@@ -172,6 +175,15 @@ def _component_blobs(diff: np.ndarray, dotted: np.ndarray, keep: np.ndarray, thr
                 pj = pts[km.labels_ == j]
                 blobs.append((x0 + float(pj[:, 0].mean()), y0 + float(pj[:, 1].mean()), len(pj)))
     return blobs
+
+
+def _elongation(xs, ys) -> float:
+    """Ratio of the principal second moments of a pixel set: about 1 for one round dot, about
+    ``1 + (d / r)^2`` for two touching dots of radius ``r`` whose centres are ``d`` apart."""
+    if len(xs) < 3:
+        return 1.0
+    ev = np.linalg.eigvalsh(np.cov(np.stack([xs, ys]).astype(np.float64)))
+    return float(ev[-1] / max(ev[0], 1e-6))
 
 
 def _log_blobs(diff: np.ndarray, keep: np.ndarray, threshold: int, min_sigma: float = 2.0,
