@@ -269,3 +269,46 @@ def test_window_and_regression_counters_in_one_run(tmp_path):
                                       "regression": {"tile": 32, "regressors": [{"name": "ridge", "search": {}}]}})
     assert (rmse["status"] == "ok").all(), rmse[rmse["status"] != "ok"]["error"].tolist()
     assert set(counts["method"]) == {"baseline", "nms", "regression"}
+
+
+# --------------------------------------------------------------- the pipeline, end to end
+def test_sealion_pipeline_counts_every_scene_with_every_counter(tmp_path):
+    """pipelines/sealion.yaml, shrunk: the engine runs the baseline, window, regression and CNN
+    counters; every scene is counted once per counter, on the split that held it out, and
+    the report (rebuilt from the run folder) shows the count table and the scatter."""
+    from bench import engine, report
+    from bench.config import load_config
+    from bench.report.counting import count_summary
+    from bench.report.rundata import RunData
+
+    cfg = load_config("pipelines/sealion.yaml", [
+        "dataset.n_scenes=4", "dataset.scene_size=[96,128]", "dataset.animals_per_scene=[6,14]",
+        "dataset.max_per_class=30", "features=[lbp,color_hist]", "classifiers=[logreg]",
+        "count.method=[nms,regression,cnn]", "count.stride=16", "count.mine_negatives=0",
+        "count.regression=[{features: [lbp, color_hist], regressors: [ridge], tile: 32,"
+        " normalize: [none, grayworld], jitter: [0, 0.1]}]",
+        "count.cnn={tile: 32, filters: [4, 8], steps: 10, batch_size: 4, predict_tile: 64}",
+        f"output.results_dir={tmp_path / 'results'}", f"cache.dir={tmp_path / 'cache'}",
+        "report.tsne=false", "report.gallery=0", "parallel.n_jobs=1"])
+    ctx = engine.run(cfg)
+    a = ctx.run_dir / "analysis"
+    counts = pd.read_csv(a / "counts.csv")
+    rmse = pd.read_csv(a / "count_rmse.csv")
+    assert (rmse["status"] == "ok").all(), rmse.loc[rmse["status"] != "ok", "error"].tolist()
+    assert set(counts["method"]) == {"baseline", "nms", "regression", "cnn"}
+    groups = np.asarray(ctx.dataset.groups)
+    for keys, g in counts.groupby(["method", "feature", "classifier", "variant"], dropna=False):
+        per_image = g.groupby("image")["split"].unique()
+        assert len(per_image) == 4 and all(len(s) == 1 for s in per_image), keys
+        for image, (split,) in per_image.items():
+            sp = ctx.splits[int(split)]
+            assert image in set(groups[sp.test]) and image not in set(groups[sp.train])
+    summary = count_summary(counts)
+    assert summary["method"].iloc[0] == "baseline" and len(summary) == 1 + 1 + 2 * 4 + 1
+    assert (a / "count_models.csv").is_file()
+    paths = report.build(ctx.run_dir, tmp_path / "report", formats=("html",))
+    html = paths["html"].read_text()
+    assert "Mean column-wise RMSE" in html and "count-scatter" in html
+    assert (tmp_path / "report" / "figures" / "count-scatter.png").is_file()
+    doc_tables = [t.name for t in report.document.build_document(RunData.load(ctx.run_dir)).tables()]
+    assert "count-table" in doc_tables

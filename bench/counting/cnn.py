@@ -6,7 +6,8 @@ entry of ``filters``, so one output cell covers ``downsample * stem * 2 ** len(f
 pixels of the photo (``downsample``: an optional area resize first, for large
 photos); softplus (Poisson loss) or ReLU (MSE loss) outputs. A learned stem keeps the
 full-resolution detail that tells an adult male from a subadult male (measured on the
-synthetic scenes: mean column-wise RMSE 8.96 vs 9.59 with an area resize by 2 instead). Each output
+synthetic scenes, prototype without learning-rate decay: mean column-wise RMSE 8.96 vs
+9.59 with an area resize by 2 instead). Each output
 cell is a tiny tile, and its target is the animals' Gaussian density (``sigma`` px)
 integrated over the cell (:func:`bench.counting.tiles.tile_targets` on the cell grid),
 so the loss is a Poisson (or squared) error on tile counts. A scene's count is the
@@ -28,7 +29,7 @@ held-out scenes. The loss every 50 steps is saved beside the run
 
 Spec (``count.cnn``, a mapping or a list of mappings, one row each): ``label``
 (``count-cnn``), ``tile`` (crop side in px, default 2 patch sizes), ``downsample``
-(1), ``stem`` (2), ``filters`` ([16, 32, 32]), ``steps`` (1500), ``batch_size`` (32), ``lr``
+(1), ``stem`` (2), ``filters`` ([16, 32, 32]), ``steps`` (1000), ``batch_size`` (32), ``lr``
 (0.002), ``loss`` (``poisson`` | ``mse``), ``sigma`` (patch_size / 8 px),
 ``normalize`` (``none``), ``jitter`` (0.1), ``augment`` (true: flips and quarter
 turns), ``predict_tile`` (512 px), ``positive`` (0).
@@ -69,7 +70,7 @@ def cnn_options(spec, patch_size: int) -> list[dict]:
         o = {"label": str(item.get("label", "count-cnn")), "tile": int(item.get("tile", 2 * patch_size)),
              "downsample": int(item.get("downsample", 1)), "stem": int(item.get("stem", 2)),
              "filters": [int(f) for f in item.get("filters", [16, 32, 32])],
-             "steps": int(item.get("steps", 1500)), "batch_size": int(item.get("batch_size", 32)),
+             "steps": int(item.get("steps", 1000)), "batch_size": int(item.get("batch_size", 32)),
              "lr": float(item.get("lr", 2e-3)), "loss": str(item.get("loss", "poisson")),
              "sigma": float(item.get("sigma", max(1.0, patch_size / 8))),
              "normalize": check_normalize(item.get("normalize", "none"), "count.cnn.normalize"),
