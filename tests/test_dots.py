@@ -184,3 +184,59 @@ def test_shared_photos_match_counts_csv(shared_data, tmp_path):
     # a blacked-out region is found on both photos (about 5 % of the pixels)
     assert ((got["masked_%"] > 1) & (got["masked_%"] < 20)).all()
     assert (tmp_path / "masks" / "42.png").is_file()
+
+
+# --------------------------------------------------------------- the noaa-dotted dataset
+def test_noaa_dotted_dataset_masks_the_photos_and_is_cached(tmp_path):
+    from bench.registry import DATASETS
+    from bench.engine import load_components
+
+    load_components()
+    root = tmp_path / "noaa"
+    (root / "train").mkdir(parents=True), (root / "dotted").mkdir()
+    truth = {}
+    for k, box in enumerate([(100, 60, 220, 180), None]):
+        train, dotted, t = _painted_scene(k, touching=False, black_box=box)
+        Image.fromarray(train).save(root / "train" / f"{k + 1}.png")
+        Image.fromarray(dotted).save(root / "dotted" / f"{k + 1}.png")
+        truth[f"{k + 1}.png"] = t
+    cache = tmp_path / "cache"
+    ds = DATASETS.create("noaa-dotted", path=str(root), patch_size=16, cache_dir=str(cache))
+    pts = ds.meta["points"]
+    for name, t in truth.items():
+        assert (pts["image"] == name).sum() == len(t)
+    folder = cache / next(p.name for p in cache.iterdir() if not p.name.startswith("."))
+    masked = np.asarray(Image.open(folder / "1.png"))
+    assert (masked[60:180, 100:220] == 0).all() and masked[:, :40].any()
+    assert ds.class_names[-1] == "background" and "pups" in ds.class_names
+    mtime = (folder / "annotations.csv").stat().st_mtime_ns
+    again = DATASETS.create("noaa-dotted", path=str(root), patch_size=16, cache_dir=str(cache))
+    assert (folder / "annotations.csv").stat().st_mtime_ns == mtime and again.keys == ds.keys
+
+
+@pytest.mark.slow
+def test_sealion_real_pipeline_runs_end_to_end(shared_data, tmp_path):
+    """pipelines/sealion_real.yaml on the two shared photos (regression counters only, to
+    stay short): both photos counted, each by a model trained on the other."""
+    from bench import engine
+    from bench.config import load_config
+
+    root = shared_data / "sealion_scenes"
+    if not root.is_dir():
+        pytest.skip(f"{root} not present")
+    cfg = load_config("pipelines/sealion_real.yaml", [
+        f"dataset.path={root}", "features=[color_hist]", "classifiers=[logreg]",
+        "count.method=[regression]",
+        "count.regression={features: [color_hist], regressors: [random_forest], tile: 256,"
+        " normalize: grayworld}",
+        f"output.results_dir={tmp_path / 'results'}", f"cache.dir={tmp_path / 'cache'}",
+        "output.formats=[]"])
+    ctx = engine.run(cfg)
+    counts = pd.read_csv(ctx.run_dir / "analysis" / "counts.csv")
+    reg = counts[counts["method"] == "regression"]
+    assert sorted(reg.groupby("image")["split"].first().items()) == [("42.png", 1), ("44.png", 0)]
+    truth = pd.read_csv(root / "counts.csv").assign(image=lambda d: d["image"].str.replace(".jpg", ".png"))
+    got = reg.pivot_table(index="image", columns="class", values="true")
+    for _, row in truth.iterrows():
+        for cls in SEALION_CLASSES:
+            assert got.at[row["image"], cls] == row[cls]
