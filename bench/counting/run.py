@@ -337,73 +337,95 @@ def run_counting(ctx, spec: Mapping | None = None):
     plan = _plan(ctx, opts, scenes, np.asarray(ds.groups))
     log.info("counting on splits %s with %s", [p[0] for p in plan], ", ".join(opts["methods"]))
 
-    def slides_of(train_scenes, test_scenes):
-        return len(test_scenes) + len(train_scenes) * (opts["mine_negatives"] + int(opts["calibrate"]))
-
-    n_reg = sum(len(f) * len(b["regressors"]) * len(b["variants"]) for b, f in blocks)
-    n_cnn = len(opts["cnn"]) if opts["cnn"] else 0
-    total = sum(len(cells) * slides_of(p[2], p[3]) + n_reg + n_cnn for p in plan)
+    job = _Job(ctx, ds, opts, truth, classes, bg, animal, cells, blocks, seed)
+    total = sum(len(cells) * job.slides_of(p[2], p[3]) + job.n_model_cells for p in plan)
     make_bar = getattr(ctx, "progress", None)
-    bar = make_bar("counting (scenes x cells)", total) if callable(make_bar) and total else None
-    run = _SceneRunner(scenes, bar)
-    info = _scene_info(meta, scenes, animal) if (opts["regression"] or opts["cnn"]) else {}
-    rows, status, models = [], [], []
-    done_rows: set = set()  # (feature, regressor, setting) of a split: a later block skips them
+    job.bar = make_bar("counting (scenes x cells)", total) if callable(make_bar) and total else None
+    job.run = _SceneRunner(scenes, job.bar)
+    job.info = _scene_info(meta, scenes, animal) if (opts["regression"] or opts["cnn"]) else {}
+    for split in plan:
+        job.count_split(*split)
+    if job.bar is not None:
+        job.bar.close()
+    return _write_outputs(ctx, job.rows, job.status, job.models)
 
-    def failed(method, feature, label, variant, split_id, exc, t0):
+
+class _Job:
+    """The counting of one run: every counter on every split, rows and failures collected."""
+
+    def __init__(self, ctx, ds, opts, truth, classes, bg, animal, cells, blocks, seed):
+        self.ctx, self.ds, self.opts, self.truth = ctx, ds, opts, truth
+        self.classes, self.bg, self.animal, self.cells, self.blocks, self.seed = \
+            classes, bg, animal, cells, blocks, seed
+        self.rows, self.status, self.models = [], [], []
+        self.bar = self.run = None
+        self.info: dict = {}
+        self.n_model_cells = sum(len(f) * len(b["regressors"]) * len(b["variants"]) for b, f in blocks) \
+            + len(opts["cnn"] or [])
+
+    def slides_of(self, train_scenes, test_scenes) -> int:
+        o = self.opts
+        return len(test_scenes) + len(train_scenes) * (o["mine_negatives"] + int(o["calibrate"]))
+
+    def tick(self, n: int = 1) -> None:
+        if self.bar is not None and n > 0:
+            self.bar.update(n)
+
+    def failed(self, method, feature, label, variant, split_id, exc, t0) -> None:
         log.error("counting failed for %s %s x %s%s on split %s: %s", method, feature, label,
                   f" ({variant})" if variant else "", split_id, exc,
                   exc_info=log.isEnabledFor(logging.DEBUG))
-        status.append(dict(feature=feature, classifier=label, method=method, variant=variant,
-                           split=split_id, status="failed", error=f"{type(exc).__name__}: {exc}",
-                           seconds=time.perf_counter() - t0))
+        self.status.append(dict(feature=feature, classifier=label, method=method, variant=variant,
+                                split=split_id, status="failed", error=f"{type(exc).__name__}: {exc}",
+                                seconds=time.perf_counter() - t0))
 
-    for split_id, train_idx, train_scenes, test_scenes in plan:
-        done_rows.clear()
+    def count_split(self, split_id, train_idx, train_scenes, test_scenes) -> None:
+        """Baseline, window cells, regression blocks and CNN specs on one split."""
+        truth, animal, opts, run = self.truth, self.animal, self.opts, self.run
         base = truth.loc[train_scenes].mean(axis=0)
         for sid in test_scenes:
             for c in animal:
-                rows.append(dict(image=sid, **{"class": c}, true=int(truth.at[sid, c]),
-                                 predicted=float(base[c]), feature=BASELINE, classifier="-",
-                                 split=split_id, method="baseline", threshold=None, variant=None))
-        for feature, clf_label in cells:
+                self.rows.append(dict(image=sid, **{"class": c}, true=int(truth.at[sid, c]),
+                                      predicted=float(base[c]), feature=BASELINE, classifier="-",
+                                      split=split_id, method="baseline", threshold=None, variant=None))
+        for feature, clf_label in self.cells:
             t0, before = time.perf_counter(), run.slides
             try:
-                rows += count_windows_cell(ctx, ds, feature, clf_label, split_id, train_idx,
-                                           train_scenes, test_scenes, truth, classes, bg, opts, run)
+                self.rows += count_windows_cell(self.ctx, self.ds, feature, clf_label, split_id, train_idx,
+                                                train_scenes, test_scenes, truth, self.classes, self.bg,
+                                                opts, run)
             except Exception as exc:  # one failing cell must not stop the others
                 for m in opts["window_methods"]:
-                    failed(m, feature, clf_label, None, split_id, exc, t0)
-            if bar is not None:  # mining may stop early, a failed cell stops at once
-                bar.update(max(0, slides_of(train_scenes, test_scenes) - (run.slides - before)))
-        for block, feats in blocks:
+                    self.failed(m, feature, clf_label, None, split_id, exc, t0)
+            # mining may stop early, a failed cell stops at once
+            self.tick(self.slides_of(train_scenes, test_scenes) - (run.slides - before))
+        done: set = set()  # (feature, regressor, setting) made by an earlier block
+        for block, feats in self.blocks:
             from .regression import TileBank, count_regression_split
 
             t0 = time.perf_counter()
-            bank = TileBank(ctx, info, run.read, len(animal), seed)
+            bank = TileBank(self.ctx, self.info, run.read, len(animal), self.seed)
             r, m = count_regression_split(
-                ctx, bank, feats, block["regressors"], block["variants"], split_id, train_scenes,
-                test_scenes, truth, animal, seed, block["inner_splits"], done=done_rows,
-                on_fail=lambda f, lab, v, exc: failed("regression", f, lab, v.label(), split_id, exc, t0),
-                on_done=(lambda: bar.update(1)) if bar is not None else None)
-            rows += r
-            models += m
+                self.ctx, bank, feats, block["regressors"], block["variants"], split_id, train_scenes,
+                test_scenes, truth, animal, self.seed, block["inner_splits"], done=done,
+                on_fail=lambda f, lab, v, exc: self.failed("regression", f, lab, v.label(), split_id,
+                                                           exc, t0),
+                on_done=self.tick)
+            self.rows += r
+            self.models += m
         for cspec in opts["cnn"] or []:
             from .cnn import count_cnn_split
 
             t0 = time.perf_counter()
             try:
-                r, m = count_cnn_split(cspec, info, run.read, split_id, train_scenes, test_scenes,
-                                       truth, animal, seed, Path(ctx.run_dir) / "analysis" / "count_cnn")
-                rows += r
-                models.append(m)
+                r, m = count_cnn_split(cspec, self.info, run.read, split_id, train_scenes, test_scenes,
+                                       truth, animal, self.seed,
+                                       Path(self.ctx.run_dir) / "analysis" / "count_cnn")
+                self.rows += r
+                self.models.append(m)
             except Exception as exc:  # noqa: BLE001
-                failed("cnn", cspec["label"], cspec["loss"], cspec["variant"], split_id, exc, t0)
-            if bar is not None:
-                bar.update(1)
-    if bar is not None:
-        bar.close()
-    return _write_outputs(ctx, rows, status, models)
+                self.failed("cnn", cspec["label"], cspec["loss"], cspec["variant"], split_id, exc, t0)
+            self.tick()
 
 
 def _write_outputs(ctx, rows, status, models):
