@@ -46,6 +46,18 @@ examples:
   python -m bench perf                      # all speed benchmarks, writes docs/BENCHMARKS.md
   python -m bench perf --only handcrafted --quick --no-write
   python -m bench perf --only memory        # peak RSS of a 100,000-image npz through LBP""",
+    "points-from-dots": """\
+examples:
+  python -m bench points-from-dots Train TrainDotted --out Train/annotations.csv
+  python -m bench points-from-dots ../shared/data/sealion_scenes/train \\
+      ../shared/data/sealion_scenes/dotted --out /tmp/annotations.csv --masks /tmp/masks
+  python -m bench run --config pipelines/sealion.yaml dataset.kind=points dataset.path=Train
+
+Reads every photo of TRAIN_DIR and its dotted copy (same file name) in DOTTED_DIR, finds
+the dots (difference of the pair, blacked-out regions masked, connected components),
+names each dot's class by its colour (red adult_males, magenta subadult_males, brown
+adult_females, blue juveniles, green pups) and writes the image,x,y,class CSV of the
+`points` dataset. Prints one summary row per photo.""",
     "cache": """\
 examples:
   python -m bench cache info
@@ -182,6 +194,7 @@ def _print_report_paths(paths: dict) -> None:
 
 
 def cmd_list(args) -> int:
+    from . import regressors  # noqa: F401  (fills REGRESSORS: the counters' regressors)
     from .engine import load_components
     from .registry import ALL
     load_components()
@@ -195,6 +208,8 @@ def cmd_list(args) -> int:
                 b = e.obj
                 extra = (f"  [input {getattr(b, 'default_size', '?')} px, min {getattr(b, 'min_size', '?')};"
                          f" layers: {', '.join(getattr(b, 'layers', {}) or [])}]")
+            elif axis == "regressors" and e.meta.get("grid"):
+                extra = "  [search: " + ", ".join(f"{k} {v}" for k, v in e.meta["grid"].items()) + "]"
             print(f"  {e.name:<24} {e.description}{extra}")
             if axis == "datasets":
                 from .data.datasets import example_of
@@ -267,6 +282,17 @@ def cmd_cache(args) -> int:
     return 0
 
 
+def cmd_points_from_dots(args) -> int:
+    from .data.dots import points_from_dots
+    points, summary = points_from_dots(args.train_dir, args.dotted_dir, args.out,
+                                       mask_dir=args.masks, detector=args.detector,
+                                       diff_threshold=args.threshold)
+    print(summary.to_string(index=False))
+    if args.out:
+        print(f"\n{len(points)} points written to {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m bench",
@@ -279,6 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
               report   rebuild the HTML/PDF report of a run from its saved records
               compare  one report over several runs
               perf     speed benchmarks against the plain way of doing it
+              points-from-dots  dotted survey photos -> image,x,y,class points CSV
               cache    feature cache info / clear
 
             python -m bench <command> --help shows examples."""))
@@ -301,7 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_run)
 
     l_ = add("list", "list registered components")
-    l_.add_argument("axis", nargs="?", choices=["datasets", "features", "backbones", "classifiers"])
+    l_.add_argument("axis", nargs="?", choices=["datasets", "features", "backbones", "classifiers",
+                                                "regressors"])
     l_.set_defaults(func=cmd_list)
 
     rp = add("report", "rebuild a run's report from its saved records")
@@ -321,6 +349,18 @@ def build_parser() -> argparse.ArgumentParser:
     pf.add_argument("--write", default="docs/BENCHMARKS.md", help="markdown file to update")
     pf.add_argument("--no-write", action="store_true")
     pf.set_defaults(func=cmd_perf)
+
+    pd_ = add("points-from-dots", "dotted photos (NOAA Train/TrainDotted) -> points CSV")
+    pd_.add_argument("train_dir", metavar="TRAIN_DIR", help="folder of the clean photos")
+    pd_.add_argument("dotted_dir", metavar="DOTTED_DIR", help="folder of the dotted copies")
+    pd_.add_argument("--out", "-o", default=None, help="CSV to write (image,x,y,class)")
+    pd_.add_argument("--masks", default=None, metavar="DIR",
+                     help="also write each blacked-out mask as DIR/<stem>.png")
+    pd_.add_argument("--detector", choices=["components", "log"], default="components",
+                     help="blob detector on the difference (default: components)")
+    pd_.add_argument("--threshold", type=int, default=40,
+                     help="minimum per-channel difference of a dot pixel (default 40)")
+    pd_.set_defaults(func=cmd_points_from_dots)
 
     c = add("cache", "inspect or clear the feature cache")
     c.add_argument("action", choices=["info", "clear"])

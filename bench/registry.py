@@ -1,4 +1,4 @@
-"""Registries: one per axis (datasets, features, backbones, classifiers).
+"""Registries: one per axis (datasets, features, backbones, classifiers, regressors).
 
 A component registers itself with a decorator::
 
@@ -112,6 +112,7 @@ DATASETS = Registry("datasets")
 FEATURES = Registry("features")
 BACKBONES = Registry("backbones")
 CLASSIFIERS = Registry("classifiers")
+REGRESSORS = Registry("regressors")   # count regressors (bench/regressors.py, counting)
 
 ALL = {"datasets": DATASETS, "features": FEATURES, "backbones": BACKBONES,
-       "classifiers": CLASSIFIERS}
+       "classifiers": CLASSIFIERS, "regressors": REGRESSORS}

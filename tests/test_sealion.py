@@ -92,6 +92,27 @@ def test_class_shares_steer_the_mix(tmp_path):
     assert set(pd.read_csv(csv)["class"]) == {"adult_males"}
 
 
+def test_class_mix_varies_the_mix_per_scene(tmp_path):
+    """class_mix draws each scene's class shares from a Dirichlet: the share of adult
+    females varies much more across scenes than with the fixed shares; null keeps them."""
+    from bench.data.sealion import scene_shares
+
+    fixed = [scene_shares(None, None, 0, i) for i in range(40)]
+    mixed = [scene_shares(None, 2.0, 0, i) for i in range(40)]
+    assert all(f == fixed[0] for f in fixed)
+    fem = np.array([m["adult_females"] for m in mixed])
+    assert fem.std() > 0.1 and all(abs(sum(m.values()) - 1) < 1e-9 for m in mixed)
+    assert scene_shares(None, 2.0, 0, 3) == mixed[3] != scene_shares(None, 2.0, 1, 3)
+    a = pd.read_csv(generate_scenes(tmp_path / "a", n_scenes=4, scene_size=(96, 128),
+                                    animals_per_scene=(30, 30), seed=0, class_mix=0.5))
+    b = pd.read_csv(generate_scenes(tmp_path / "b", n_scenes=4, scene_size=(96, 128),
+                                    animals_per_scene=(30, 30), seed=0))
+    share = lambda df: df.groupby("image")["class"].apply(lambda c: (c == "adult_females").mean())  # noqa: E731
+    assert share(a).std() > share(b).std()
+    with pytest.raises(ConfigError, match="class_mix"):
+        generate_scenes(tmp_path / "c", n_scenes=1, class_mix=-1)
+
+
 # --------------------------------------------------------------- the dataset
 def test_synthetic_sealion_dataset_is_cached_and_grouped(tmp_path):
     ds = DATASETS.create("synthetic-sealion", cache_dir=str(tmp_path), seed=2, patch_size=32, **SMALL)

@@ -288,23 +288,43 @@ def _shares(class_shares) -> dict:
     return shares
 
 
+def scene_shares(class_shares, class_mix, seed: int, i: int) -> dict:
+    """Class shares of scene ``i``: the common ``class_shares``, or with ``class_mix = a`` a draw
+    from ``Dirichlet(a * shares)`` (small ``a``: photos differ a lot in their class mix, as a
+    rookery full of females and pups differs from a haul-out of bachelor males)."""
+    shares = _shares(class_shares)
+    if not class_mix:
+        return shares
+    p = np.array([shares[c] for c in SEALION_CLASSES], dtype=float)
+    p /= p.sum()
+    alpha = np.maximum(float(class_mix) * p, 1e-3)
+    draw = np.random.default_rng([int(seed), int(i), 2]).dirichlet(alpha)
+    return dict(zip(SEALION_CLASSES, (float(v) for v in draw)))
+
+
 def generate_scenes(out_dir, n_scenes: int = 12, scene_size=(384, 512), animals_per_scene=(8, 48),
                     class_shares=None, animal_scale: float = 1.0, pup_near_female: float = 0.5,
-                    seed: int = 0) -> Path:
+                    seed: int = 0, class_mix=None) -> Path:
     """Write ``scene_000.png ...``, ``annotations.csv`` and ``params.json`` to ``out_dir``.
 
     Scene ``i`` depends only on ``(seed, i)`` and the other parameters, so it is the
-    same whatever ``n_scenes`` is. Returns the path of ``annotations.csv``.
+    same whatever ``n_scenes`` is. The number of animals of scene ``i`` is uniform in
+    ``animals_per_scene``; its class mix is ``class_shares``, or varies per scene with
+    ``class_mix`` (:func:`scene_shares`). Returns the path of ``annotations.csv``.
     """
     from PIL import Image
 
     lo, hi = _check_generator(n_scenes, scene_size, animals_per_scene, animal_scale, seed)
+    if class_mix is not None and (isinstance(class_mix, bool) or float(class_mix) <= 0):
+        raise ConfigError(f"synthetic-sealion: class_mix must be a positive number or null, got "
+                          f"{class_mix!r}", "e.g. class_mix: 4 (smaller = photos differ more)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for i in range(int(n_scenes)):
         n = int(np.random.default_rng([int(seed), i, 1]).integers(lo, hi + 1))
-        img, animals, _ = make_scene([int(seed), i], scene_size, n, class_shares, animal_scale,
+        img, animals, _ = make_scene([int(seed), i], scene_size, n,
+                                     scene_shares(class_shares, class_mix, seed, i), animal_scale,
                                      pup_near_female)
         name = f"scene_{i:03d}.png"
         Image.fromarray(img).save(out / name)
@@ -312,7 +332,8 @@ def generate_scenes(out_dir, n_scenes: int = 12, scene_size=(384, 512), animals_
     params = dict(generator_version=GENERATOR_VERSION, n_scenes=int(n_scenes),
                   scene_size=[int(v) for v in scene_size], animals_per_scene=[lo, hi],
                   class_shares=_shares(class_shares), animal_scale=float(animal_scale),
-                  pup_near_female=float(pup_near_female), seed=int(seed))
+                  pup_near_female=float(pup_near_female), seed=int(seed),
+                  class_mix=None if class_mix is None else float(class_mix))
     (out / "params.json").write_text(json.dumps(params, indent=2, sort_keys=True))
     csv = out / "annotations.csv"
     tmp = out / ".annotations.csv.tmp"
@@ -396,17 +417,19 @@ def synthetic_sealion(n_scenes: int = 12, scene_size=(384, 512), animals_per_sce
                       class_shares=None, animal_scale: float = 1.0, pup_near_female: float = 0.5,
                       patch_size: int = 32, background_ratio: float = 1.0, min_distance=None,
                       hard_negatives: float = 0.0, border: str = "reflect", max_per_class=None,
-                      seed: int = 0, cache_dir=None) -> Dataset:
+                      seed: int = 0, cache_dir=None, class_mix=None) -> Dataset:
     """Synthetic sea-lion scenes (generated once, cached by parameters) as a patch dataset.
 
-    The generator parameters (``n_scenes`` to ``pup_near_female`` and ``seed``)
-    decide the scenes; the others are passed to :func:`bench.data.points.load_points`.
+    The generator parameters (``n_scenes`` to ``pup_near_female``, ``class_mix`` and
+    ``seed``) decide the scenes; the others are passed to :func:`bench.data.points.load_points`.
     ``cache_dir`` defaults to ``$BENCH_CACHE_DIR/synthetic-sealion`` (or
     ``~/.cache/bench/synthetic-sealion``).
     """
     generator = dict(n_scenes=n_scenes, scene_size=scene_size, animals_per_scene=animals_per_scene,
                      class_shares=class_shares, animal_scale=animal_scale,
                      pup_near_female=pup_near_female, seed=seed)
+    if class_mix is not None:  # only then: the folders of earlier runs keep their keys
+        generator["class_mix"] = class_mix
     folder = scenes_folder(cache_dir, **generator)
     ds = load_points(folder, patch_size=patch_size, classes=list(SEALION_CLASSES),
                      background_ratio=background_ratio, min_distance=min_distance,
@@ -414,6 +437,95 @@ def synthetic_sealion(n_scenes: int = 12, scene_size=(384, 512), animals_per_sce
                      max_per_class=max_per_class, seed=seed, name="synthetic-sealion")
     ds.meta["generator"] = json.loads((folder / "params.json").read_text())
     ds.meta["folder"] = str(folder)
+    return ds
+
+
+# --------------------------------------------------------------------------- dotted photos
+
+DOTTED_VERSION = "1"  # bump when the points or masked photos of the same inputs change
+
+
+def dotted_folder(path, train: str = "train", dotted: str = "dotted", cache_dir=None,
+                  **dot_options) -> Path:
+    """Points and masked photos of a NOAA ``Train`` / ``TrainDotted`` pair of folders (cached).
+
+    Runs :func:`bench.data.dots.points_from_dots` once per content (file hashes of
+    both folders + options) into ``<cache>/<key>/``: ``annotations.csv``, one
+    ``<stem>.png`` per photo with the region blacked out in its dotted copy set to
+    black (animals there carry no dot, so neither the training patches, the tiles nor
+    the counted scene may show them) and ``summary.csv`` (dots per class and image).
+    """
+    import cv2
+
+    from .dots import masked_photo, pair_files, find_dots, read_rgb
+    from .points import file_hash
+
+    root = Path(path).expanduser()
+    tdir, ddir = root / train, root / dotted
+    pairs = pair_files(tdir, ddir)
+    ident = dict(version=DOTTED_VERSION, files=[(n, file_hash(a), file_hash(b)) for n, a, b in pairs],
+                 options={k: dot_options[k] for k in sorted(dot_options)})
+    key = hashlib.blake2b(json.dumps(ident, sort_keys=True, default=str).encode(),
+                          digest_size=8).hexdigest()
+    base = Path(cache_dir).expanduser() if cache_dir else cache_root() / "noaa-dotted"
+    folder = base / key
+    if (folder / "annotations.csv").is_file():
+        return folder
+    base.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=base))
+    try:
+        frames, summary = [], []
+        for name, tp, dp in pairs:
+            train_img, dotted_img = read_rgb(tp), read_rgb(dp)
+            if train_img.shape != dotted_img.shape:
+                raise DataError(f"noaa-dotted: {tp} is {train_img.shape[1]}x{train_img.shape[0]} but "
+                                f"{dp} is {dotted_img.shape[1]}x{dotted_img.shape[0]}",
+                                "the dotted copy must be the same photo at the same size")
+            res = find_dots(train_img, dotted_img, name=name, **dot_options)
+            out_name = f"{Path(name).stem}.png"
+            cv2.imwrite(str(tmp / out_name), cv2.cvtColor(masked_photo(train_img, res.mask), cv2.COLOR_RGB2BGR),
+                        [cv2.IMWRITE_PNG_COMPRESSION, 1])
+            frames.append(res.points.assign(image=out_name))
+            counts = res.points["class"].value_counts()
+            summary.append({"image": out_name, **{c: int(counts.get(c, 0)) for c in SEALION_CLASSES},
+                            "masked_%": round(100 * float(res.mask.mean()), 2)})
+        pts = pd.concat(frames, ignore_index=True)
+        pts[["image", "x", "y", "class"]].to_csv(tmp / "annotations.csv", index=False)
+        pd.DataFrame(summary).to_csv(tmp / "summary.csv", index=False)
+        (tmp / "source.json").write_text(json.dumps(dict(ident, path=str(root)), indent=1, default=str))
+        os.chmod(tmp, 0o755)
+        try:
+            os.replace(tmp, folder)
+        except OSError:
+            if not (folder / "annotations.csv").is_file():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+@DATASETS.register("noaa-dotted", "NOAA survey photos + dotted copies (Train/TrainDotted): points from "
+                                  "the dots, blacked-out regions masked, patches by the points loader")
+def noaa_dotted(path, train: str = "train", dotted: str = "dotted", patch_size: int = 64,
+                background_ratio: float = 1.0, min_distance=None, hard_negatives: float = 0.0,
+                border: str = "reflect", max_per_class=None, detector: str = "components",
+                diff_threshold: int = 40, seed: int = 0, cache_dir=None) -> Dataset:
+    """Real survey photos as a patch dataset, annotated from their dotted copies.
+
+    ``path`` holds ``<train>/`` (clean photos) and ``<dotted>/`` (the dotted copies,
+    same file names); :func:`dotted_folder` turns them into points and masked photos
+    once (cached by content); the patches are cut by :func:`bench.data.points.load_points`
+    with the five sea-lion classes (a class without dots stays in the label list).
+    """
+    folder = dotted_folder(path, train, dotted, cache_dir, detector=detector,
+                           diff_threshold=int(diff_threshold))
+    ds = load_points(folder, patch_size=patch_size, classes=list(SEALION_CLASSES),
+                     background_ratio=background_ratio, min_distance=min_distance,
+                     hard_negatives=hard_negatives, border=border, max_per_class=max_per_class,
+                     seed=seed, name="noaa-dotted")
+    ds.meta["folder"] = str(folder)
+    ds.meta["dots"] = pd.read_csv(folder / "summary.csv").to_dict("records")
     return ds
 
 

@@ -112,6 +112,29 @@ def _n_images(rd: RunData) -> int | None:
     return ds.get("n_images") or (len(ds["labels"]) if ds.get("labels") else None)
 
 
+def _counting_section(counts, rmse) -> Section:
+    """Count table (baseline first), failed counters, scatter of totals, per-image rows."""
+    from . import counting as C
+
+    s = Section("counting", "Counting")
+    summary = C.count_summary(counts) if counts is not None else pd.DataFrame()
+    if len(summary):
+        s.add("table", C.count_table(summary))
+        s.add("figure", _figure("count-scatter", C.count_scatter(counts, summary),
+                                "Predicted vs true total count of every held-out image: the baseline "
+                                "and the best row of each counter (dashed: perfect counts)."))
+    elif rmse is not None:
+        s.add("table", T.frame_table(rmse, "count-rmse", "Root-mean-square error of the per-image counts."))
+    bad = C.failed_counters(rmse)
+    if bad is not None:
+        s.add("table", bad)
+    if counts is not None:
+        s.add("table", T.frame_table(counts.head(200), "counts",
+                                     "Per-image true and predicted counts" +
+                                     (" (first 200 rows)" if len(counts) > 200 else "") + "."))
+    return s
+
+
 # --------------------------------------------------------------------------- a run
 def build_document(rd: RunData) -> Document:
     summary = rd.summary
@@ -291,15 +314,7 @@ def build_document(rd: RunData) -> Document:
     # counting (sealion)
     counts, rmse = rd.analysis.get("counts"), rd.analysis.get("count_rmse")
     if counts is not None or rmse is not None:
-        s = Section("counting", "Counting")
-        if rmse is not None:
-            s.add("table", T.frame_table(rmse, "count-rmse", "Root-mean-square error of the per-image "
-                                                             "counts."))
-        if counts is not None:
-            s.add("table", T.frame_table(counts.head(200), "counts",
-                                         "Per-image true and predicted counts" +
-                                         (" (first 200 rows)" if len(counts) > 200 else "") + "."))
-        sections.append(s)
+        sections.append(_counting_section(counts, rmse))
 
     # failures
     failed = T.failed_cells(rd)

@@ -50,19 +50,17 @@ from __future__ import annotations
 import inspect
 import logging
 import math
-import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-METHODS = ("nms", "aggregate")
+WINDOW_METHODS = ("nms", "aggregate")
 
 
 @dataclass(frozen=True)
@@ -329,7 +327,7 @@ def counts_from_proba(centres, proba, classes, background_index, method="nms", p
         vec = aggregate_counts(proba, background_index, wpa)
         return SceneCount({c: float(vec[i]) for i, c in enumerate(classes) if i != background_index},
                           [], centres, proba)
-    raise ConfigError(f"counting: unknown method {method!r}", f"one of {', '.join(METHODS)}")
+    raise ConfigError(f"counting: unknown method {method!r}", f"one of {', '.join(WINDOW_METHODS)}")
 
 
 # --------------------------------------------------------------------------- oracle
@@ -371,129 +369,10 @@ class Oracle:
         return out
 
 
-# --------------------------------------------------------------------------- evaluation
-
-def true_counts(points: pd.DataFrame, scenes: Sequence[str], classes: Sequence[str]) -> pd.DataFrame:
-    """Scene x class table of annotated animals (zeros included)."""
-    pts = pd.DataFrame(points)
-    tab = pd.crosstab(pts["image"], pts["class"]) if len(pts) else pd.DataFrame()
-    return tab.reindex(index=list(scenes), columns=list(classes), fill_value=0).fillna(0).astype(int)
-
-
-def count_errors(counts: pd.DataFrame, by=("feature", "classifier", "method")) -> pd.DataFrame:
-    """RMSE and MAE of per-image counts, per class and overall.
-
-    ``counts`` has columns ``image, class, true, predicted`` and the ``by`` keys.
-    Rows with ``class = "mean"`` hold the mean of the per-class RMSE (the Kaggle
-    NOAA score, "mean column-wise RMSE") and of the per-class MAE; ``class =
-    "total"`` the errors of the total count per image (all classes summed).
-    ``n_images`` counts (image, split) pairs.
-    """
-    by = [b for b in by if b in counts.columns]
-    rows = []
-    if counts.empty:
-        return pd.DataFrame(columns=by + ["class", "rmse", "mae", "mean_true", "mean_predicted",
-                                          "n_images"])
-    for key, g in counts.groupby(by, sort=False, dropna=False):
-        key = key if isinstance(key, tuple) else (key,)
-        base = dict(zip(by, key))
-        per = []
-        for cls, gc in g.groupby("class", sort=False):
-            err = gc["predicted"].to_numpy(float) - gc["true"].to_numpy(float)
-            r = dict(base, **{"class": cls, "rmse": float(np.sqrt(np.mean(err ** 2))),
-                              "mae": float(np.mean(np.abs(err))),
-                              "mean_true": float(gc["true"].mean()),
-                              "mean_predicted": float(gc["predicted"].mean()),
-                              "n_images": int(len(gc))})
-            per.append(r)
-        rows.extend(per)
-        rows.append(dict(base, **{"class": "mean", "rmse": float(np.mean([r["rmse"] for r in per])),
-                                  "mae": float(np.mean([r["mae"] for r in per])),
-                                  "mean_true": float(np.mean([r["mean_true"] for r in per])),
-                                  "mean_predicted": float(np.mean([r["mean_predicted"] for r in per])),
-                                  "n_images": per[0]["n_images"]}))
-        keys = [k for k in ("image", "split") if k in g.columns]
-        tot = g.groupby(keys)[["true", "predicted"]].sum()
-        err = tot["predicted"].to_numpy(float) - tot["true"].to_numpy(float)
-        rows.append(dict(base, **{"class": "total", "rmse": float(np.sqrt(np.mean(err ** 2))),
-                                  "mae": float(np.mean(np.abs(err))),
-                                  "mean_true": float(tot["true"].mean()),
-                                  "mean_predicted": float(tot["predicted"].mean()),
-                                  "n_images": int(len(tot))}))
-    return pd.DataFrame(rows)
-
-
-def _records_frame(ctx) -> pd.DataFrame | None:
-    recs = getattr(ctx, "records", None)
-    if callable(recs):
-        recs = recs()
-    if recs is None:
-        return None
-    df = recs if isinstance(recs, pd.DataFrame) else pd.DataFrame(list(recs))
-    if df.empty or "feature" not in df.columns:
-        return None
-    if "status" in df.columns:
-        df = df[df["status"] == "ok"]
-    if "variant" in df.columns:
-        df = df[df["variant"].isna()]
-    return df
-
-
-def choose_cells(ctx, spec: Mapping) -> list[tuple[str, str]]:
-    """(feature, classifier) pairs to count with.
-
-    ``spec["features"]``: feature labels, or absent for the best feature of each
-    family (mean balanced accuracy over the run's records); ``spec["classifier"]``:
-    a classifier label, or absent for the best classifier of each feature. Without
-    records, the context's first classifier (``ctx.classifier_labels``) is used.
-    """
-    metric = spec.get("metric", "balanced_accuracy")
-    feats = spec.get("features")
-    clf = spec.get("classifier")
-    if isinstance(feats, str):
-        feats = [feats]
-    recs = _records_frame(ctx)
-    if recs is not None and metric in recs.columns:
-        score = recs.groupby(["feature", "classifier"], sort=False)[metric].mean().reset_index()
-        if "family" in recs.columns:
-            fam = recs.groupby("feature", sort=False)["family"].first()
-            score["family"] = score["feature"].map(fam)
-    else:
-        score = None
-    if not feats:
-        if score is None or score.empty:
-            raise ConfigError("counting: no features given and no finished records to choose from",
-                              "set counting.features: [<feature label>, ...]")
-        pool = score if not clf else score[score["classifier"] == clf]
-        if pool.empty:
-            raise ConfigError(f"counting: classifier {clf!r} has no finished records",
-                              "check counting.classifier against the run's classifiers")
-        fam_col = "family" if "family" in pool.columns else "feature"
-        best = pool.sort_values(metric, ascending=False, kind="stable").groupby(fam_col, sort=False).head(1)
-        return [(r.feature, r.classifier) for r in best.itertuples()]
-    cells = []
-    for f in feats:
-        if clf:
-            cells.append((f, clf))
-            continue
-        if score is not None:
-            sub = score[score["feature"] == f]
-            if not sub.empty:
-                cells.append((f, sub.sort_values(metric, ascending=False, kind="stable")
-                              ["classifier"].iloc[0]))
-                continue
-        labels = list(getattr(ctx, "classifier_labels", None) or [])
-        if not labels:
-            raise ConfigError(f"counting: no classifier for feature {f!r}",
-                              "set counting.classifier: <classifier label>")
-        cells.append((f, labels[0]))
-    return cells
-
-
 def class_scores(fitted, X) -> np.ndarray:
     """``predict_proba`` where the model has it, else the softmax of its decision values
     (SVMs without probability calibration: uncalibrated, so ``threshold`` means less)."""
-    from .engine import class_scores as _scores
+    from ..engine import class_scores as _scores
     return _scores(fitted, X)
 
 
@@ -547,196 +426,13 @@ def mine_hard_negatives(image: np.ndarray, points_xy: np.ndarray, extract: Calla
     return centres[np.concatenate(kept_idx)[order]], _take(_concat(kept_rep), order)
 
 
-def run_counting(ctx, spec: Mapping | None = None):
-    """Count animals in held-out scenes for the engine; returns ``(counts_df, rmse_df)``.
 
-    ``ctx`` provides: ``dataset`` (a points dataset: ``meta`` with ``scenes``,
-    ``points``, ``patch_size``), ``splits`` (objects with ``.train`` / ``.test``
-    index arrays into the patches), ``per_image(feature) -> representation of
-    every patch``, ``make_pipeline(feature, classifier) -> unfitted estimator with
-    predict_proba``, ``extract(feature, patches) -> representation of a list of
-    patch arrays`` (the same per-image stage and preparation as ``per_image``),
-    ``run_dir``, and optionally ``records`` / ``classifier_labels``
-    (see :func:`choose_cells`) and ``progress`` (``progress(description, total)``
-    returning a bar with ``update(n)`` and ``close()``, as the engine passes).
-
-    ``spec`` keys (all optional): ``features``, ``classifier``, ``splits``
-    (default ``[0]``), ``method`` (``nms`` | ``aggregate`` | a list; default
-    ``nms``), ``stride`` (default ``patch_size // 4``), ``threshold`` (0.5, or
-    ``auto``: the best on the training scenes, :func:`calibrate_threshold`),
-    ``min_distance`` (NMS radius: pixels or class -> pixels; default
-    ``patch_size / 2``), ``mine_negatives`` (rounds of hard-negative mining on
-    the training scenes, default 0; :func:`mine_hard_negatives`),
-    ``mine_per_scene`` (100), ``batch_size`` (512).
-
-    For every split and (feature, classifier) the pipeline is fitted on the
-    training patches only (plus windows mined from training scenes), then every
-    scene whose patches are all in the test fold is counted. A baseline row
-    (``feature = "baseline: train mean"``) predicts each class's mean count over
-    the training scenes. A failing cell is logged and reported with ``status =
-    "failed"`` in the RMSE table. Writes ``<run_dir>/analysis/counts.csv`` and
-    ``count_rmse.csv``.
-    """
-    spec = dict(spec or {})
-    ds = ctx.dataset
-    meta = getattr(ds, "meta", {}) or {}
-    missing = [k for k in ("scenes", "points", "patch_size") if k not in meta]
-    if missing:
-        raise ConfigError(f"counting needs a point-annotated dataset; dataset {ds.name!r} has no "
-                          f"{', '.join(missing)} in its metadata",
-                          "use the `points` or `synthetic-sealion` dataset, or disable counting")
-    if ds.groups is None:
-        raise ConfigError("counting needs patch groups (the source scene of each patch)",
-                          "use the `points` or `synthetic-sealion` dataset")
-    classes = list(ds.class_names)
-    bg = int(meta.get("background_index", classes.index("background") if "background" in classes
-                      else len(classes) - 1))
-    opts = _counting_options(spec, int(meta["patch_size"]))
-    opts["border"] = meta.get("border", "reflect")
-    opts["bg_distance"] = float(meta.get("min_distance", opts["patch_size"]))
-    scenes = {s["id"]: s for s in meta["scenes"]}
-    animal = [c for i, c in enumerate(classes) if i != bg]
-    truth = true_counts(meta["points"], list(scenes), animal)
-    groups = np.asarray(ds.groups)
-    cells = choose_cells(ctx, spec)
-    log.info("counting with %s on splits %s (methods %s, stride %d)", cells, opts["splits"],
-             opts["methods"], opts["stride"])
-
-    plan = []  # (split_id, train_idx, train_scenes, test_scenes)
-    for split_id in opts["splits"]:
-        try:
-            split = ctx.splits[split_id]
-        except (IndexError, KeyError, TypeError):
-            raise ConfigError(f"count.splits: split {split_id} does not exist",
-                              f"the run has {len(ctx.splits)} splits") from None
-        train_idx, test_idx = np.asarray(split.train), np.asarray(split.test)
-        train_set, test_set = set(groups[train_idx]), set(groups[test_idx])
-        train_scenes = [s for s in scenes if s in train_set]
-        # a scene counts as held out only when none of its patches is in training
-        test_scenes = [s for s in scenes if s in test_set and s not in train_set]
-        if not test_scenes:
-            log.warning("counting: split %s has no held-out scene (are the splits grouped?)", split_id)
-            continue
-        plan.append((split_id, train_idx, train_scenes, test_scenes))
-
-    def slides_of(train_scenes, test_scenes):
-        return len(test_scenes) + len(train_scenes) * (opts["mine_negatives"] + int(opts["calibrate"]))
-
-    make_bar = getattr(ctx, "progress", None)
-    total = sum(len(cells) * slides_of(p[2], p[3]) for p in plan)
-    bar = make_bar("counting (scenes x cells)", total) if callable(make_bar) else None
-    run = _SceneRunner(scenes, bar)
-    rows, status = [], []
-    for split_id, train_idx, train_scenes, test_scenes in plan:
-        base = truth.loc[train_scenes].mean(axis=0)
-        for sid in test_scenes:
-            for c in animal:
-                for m in opts["methods"]:
-                    rows.append(dict(image=sid, **{"class": c}, true=int(truth.at[sid, c]),
-                                     predicted=float(base[c]), feature="baseline: train mean",
-                                     classifier="-", split=split_id, method=m, threshold=None))
-        for feature, clf_label in cells:
-            t0, before = time.perf_counter(), run.slides
-            try:
-                rows += _count_cell(ctx, ds, feature, clf_label, split_id, train_idx, train_scenes,
-                                    test_scenes, truth, classes, bg, opts, run)
-                status.append(dict(feature=feature, classifier=clf_label, split=split_id,
-                                   status="ok", error=None, seconds=time.perf_counter() - t0))
-            except Exception as exc:  # one failing cell must not stop the others
-                log.error("counting failed for %s x %s on split %s: %s", feature, clf_label,
-                          split_id, exc, exc_info=log.isEnabledFor(logging.DEBUG))
-                status.append(dict(feature=feature, classifier=clf_label, split=split_id,
-                                   status="failed", error=f"{type(exc).__name__}: {exc}",
-                                   seconds=time.perf_counter() - t0))
-            if bar is not None:  # mining may stop early, a failed cell stops at once
-                bar.update(max(0, slides_of(train_scenes, test_scenes) - (run.slides - before)))
-    if bar is not None:
-        bar.close()
-
-    counts_df = pd.DataFrame(rows, columns=["image", "class", "true", "predicted", "feature",
-                                            "classifier", "split", "method", "threshold"])
-    counts_df["threshold"] = pd.to_numeric(counts_df["threshold"])
-    rmse_df = count_errors(counts_df)
-    if not counts_df.empty:
-        thr_mean = counts_df.groupby(["feature", "classifier", "method"], sort=False,
-                                     dropna=False)["threshold"].mean().rename("threshold")
-        rmse_df = rmse_df.join(thr_mean, on=["feature", "classifier", "method"])
-    rmse_df["status"] = "ok"
-    rmse_df["error"] = None
-    failed = [s for s in status if s["status"] == "failed"]
-    if failed:
-        fail_rows = pd.DataFrame([dict(feature=s["feature"], classifier=s["classifier"], method=m,
-                                       **{"class": "mean"}, status="failed", error=s["error"])
-                                  for s in failed for m in opts["methods"]])
-        rmse_df = pd.concat([rmse_df, fail_rows], ignore_index=True)
-    out = Path(ctx.run_dir) / "analysis"
-    out.mkdir(parents=True, exist_ok=True)
-    counts_df.to_csv(out / "counts.csv", index=False)
-    rmse_df.to_csv(out / "count_rmse.csv", index=False)
-    return counts_df, rmse_df
-
-
-SPEC_KEYS = ("features", "classifier", "splits", "method", "stride", "threshold", "min_distance",
-             "mine_negatives", "mine_per_scene", "batch_size", "metric")
-
-
-def _counting_options(spec: Mapping, patch_size: int) -> dict:
-    import difflib
-
-    for key in spec:
-        if key not in SPEC_KEYS:
-            close = difflib.get_close_matches(str(key), SPEC_KEYS, n=1)
-            raise ConfigError(f"unknown key 'count.{key}'",
-                              (f"did you mean {close[0]!r}? " if close else "")
-                              + f"allowed in count: {', '.join(SPEC_KEYS)}")
-    methods = spec.get("method", "nms")
-    methods = [methods] if isinstance(methods, str) else list(methods)
-    for m in methods:
-        if m not in METHODS:
-            raise ConfigError(f"count.method: unknown method {m!r}", f"one of {', '.join(METHODS)}")
-    threshold = spec.get("threshold", 0.5)
-    if threshold != "auto":
-        try:
-            threshold = float(threshold)
-        except (TypeError, ValueError):
-            raise ConfigError(f"count.threshold: expected a number in [0, 1] or 'auto', got "
-                              f"{threshold!r}", "e.g. threshold: 0.5 or threshold: auto") from None
-    splits = spec.get("splits", [0])
-    splits = [splits] if isinstance(splits, int) else list(splits)
-    mine = spec.get("mine_negatives", 0)
-    if isinstance(mine, bool) or not isinstance(mine, int) or mine < 0:
-        raise ConfigError(f"count.mine_negatives: expected an integer >= 0, got {mine!r}",
-                          "rounds of hard-negative mining on the training scenes, e.g. 1")
-    return {"methods": methods, "threshold": threshold, "splits": splits,
-            "stride": int(spec.get("stride") or max(1, patch_size // 4)),
-            "min_distance": spec.get("min_distance"), "batch_size": int(spec.get("batch_size", 512)),
-            "mine_negatives": mine, "mine_per_scene": int(spec.get("mine_per_scene", 100)),
-            "patch_size": patch_size,
-            "calibrate": "aggregate" in methods or (threshold == "auto" and "nms" in methods)}
-
-
-class _SceneRunner:
-    """Reads scenes (one kept in memory) and counts the slides for the progress bar."""
-
-    def __init__(self, scenes: dict, bar):
-        self.scenes, self.bar, self.slides = scenes, bar, 0
-        self._cache: dict[str, np.ndarray] = {}
-
-    def image(self, sid: str) -> np.ndarray:
-        from .data.points import read_scene
-
-        if sid not in self._cache:
-            self._cache.clear()
-            self._cache[sid] = read_scene(self.scenes[sid]["path"])
-        self.slides += 1
-        if self.bar is not None:
-            self.bar.update(1)
-        return self._cache[sid]
-
-
-def _count_cell(ctx, ds, feature, clf_label, split_id, train_idx, train_scenes, test_scenes, truth,
-                classes, bg, o, run) -> list[dict]:
-    """Fit on the training patches (+ mined windows), calibrate, count the test scenes."""
+def count_windows_cell(ctx, ds, feature, clf_label, split_id, train_idx, train_scenes, test_scenes,
+                       truth, classes, bg, o, run) -> list[dict]:
+    """One (feature, classifier) cell of the sliding-window counters on one split: fit on the
+    training patches (+ mined windows), calibrate on the training scenes, count the test scenes
+    with every window method of ``o["window_methods"]``. ``run.image(sid)`` reads a scene."""
+    from .evaluate import truth_matrix
     n_classes = len(classes)
     ps, stride, border = o["patch_size"], o["stride"], o["border"]
     X = _take(ctx.per_image(feature), train_idx)
@@ -778,8 +474,8 @@ def _count_cell(ctx, ds, feature, clf_label, split_id, train_idx, train_scenes, 
         # calibration on the training scenes (see the module doc for the bias)
         windows = [window_proba(run.image(s), classify, ps, stride, border, o["batch_size"], n_classes)
                    for s in train_scenes]
-        tm = _truth_matrix(truth, train_scenes, classes, bg)
-        if "aggregate" in o["methods"]:
+        tm = truth_matrix(truth, train_scenes, classes, bg)
+        if "aggregate" in o["window_methods"]:
             wpa = calibrate_windows_per_animal([p for _, p in windows], tm, bg,
                                                default_windows_per_animal(ps, stride))
         if thr == "auto":
@@ -791,7 +487,7 @@ def _count_cell(ctx, ds, feature, clf_label, split_id, train_idx, train_scenes, 
     for sid in test_scenes:
         centres, proba = window_proba(run.image(sid), classify, ps, stride, border, o["batch_size"],
                                       n_classes)
-        for m in o["methods"]:
+        for m in o["window_methods"]:
             res = counts_from_proba(centres, proba, classes, bg, m, ps, stride, o["min_distance"],
                                     thr, wpa)
             for c in truth.columns:
@@ -800,6 +496,7 @@ def _count_cell(ctx, ds, feature, clf_label, split_id, train_idx, train_scenes, 
                                  classifier=clf_label, split=split_id, method=m,
                                  threshold=thr if m == "nms" else None))
     return rows
+
 
 
 def _concat(parts):
@@ -822,9 +519,3 @@ def _take(X, idx):
     return X[idx]
 
 
-def _truth_matrix(truth: pd.DataFrame, scene_ids, classes, bg) -> np.ndarray:
-    """Per-scene counts as an (n_scenes, n_classes) matrix with a zero background column."""
-    m = np.zeros((len(scene_ids), len(classes)))
-    animal_idx = [i for i in range(len(classes)) if i != bg]
-    m[:, animal_idx] = truth.loc[list(scene_ids), [classes[i] for i in animal_idx]].to_numpy()
-    return m
