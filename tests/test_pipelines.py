@@ -150,7 +150,10 @@ def test_full_pipeline_with_every_row(tmp_path):
 
 
 def test_sealion_pipeline_reduced(tmp_path):
-    """Synthetic scenes, grouped 2-fold by scene, the leak check and per-image counting."""
+    """Synthetic scenes, grouped 2-fold by scene, the leak check when the pipeline asks for it,
+    and per-image counting by every method the pipeline names."""
+    import pandas as pd
+    spec = yaml.safe_load((REPO / "pipelines" / "sealion.yaml").read_text())
     _, ctx, rs = run_pipeline(
         "sealion", tmp_path, "dataset.n_scenes=4", "dataset.scene_size=[128, 160]",
         "dataset.animals_per_scene=[16, 20]", "protocol.n_splits=2", "count.splits=[0]",
@@ -160,10 +163,12 @@ def test_sealion_pipeline_reduced(tmp_path):
     groups = np.array(json.loads((ctx.run_dir / "dataset.json").read_text())["groups"])
     for f in plan["folds"]:
         assert not set(groups[f["train"]]) & set(groups[f["test"]])
-    assert {r["variant"] for r in rs} == {None, "random-split"}
+    leak = spec["protocol"].get("leak_check")
+    assert {r["variant"] for r in rs} == ({None, "random-split"} if leak else {None})
     counts = (ctx.run_dir / "analysis" / "counts.csv").read_text().splitlines()
     assert counts[0].split(",")[:4] == ["image", "class", "true", "predicted"] and len(counts) > 5
-    assert (ctx.run_dir / "analysis" / "count_rmse.csv").is_file()
+    rmse = pd.read_csv(ctx.run_dir / "analysis" / "count_rmse.csv")
+    assert set(spec["count"]["method"]) | {"baseline"} <= set(rmse["method"])
 
 
 # --------------------------------------------------------------------------- folder datasets
