@@ -243,12 +243,10 @@ def leaderboard_text(df: pd.DataFrame, max_rows: int | None = None) -> str:
     return "\n".join(out)
 
 
-def save_summary(run_dir: Path) -> Path:
-    """Aggregate ``records.jsonl`` of a run folder into ``summary.csv`` (returned)."""
-    run_dir = Path(run_dir)
-    df = summarize(rec.load(run_dir / "records.jsonl"))
-    path = run_dir / "summary.csv"
-    tmp = run_dir / ".summary.csv.tmp"
-    df.to_csv(tmp, index=False)
-    tmp.replace(path)
-    return path
+def save_summary(run_dir: Path, records: list[dict] | None = None) -> Path:
+    """Aggregate a run folder's records (``records``: already in memory, else read through
+    :class:`bench.runfolder.RunFolder`) into its ``summary.csv`` (returned)."""
+    from .runfolder import SUMMARY, RunFolder, write_text
+    folder = RunFolder(run_dir)
+    df = summarize(folder.records() if records is None else records)
+    return write_text(folder.file(SUMMARY), df.to_csv(index=False))

@@ -31,10 +31,8 @@ t-SNE and learning-curve units that would start after the deadline are skipped.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 import shutil
 import time
 import warnings
@@ -44,6 +42,7 @@ from typing import Sequence
 import numpy as np
 
 from . import records as rec
+from . import runfolder
 from .aggregate import best_by_family, feature_display, summarize
 
 log = logging.getLogger(__name__)
@@ -60,13 +59,13 @@ EXPLAIN_PICTURE_PX = 160
 DEFAULT_BUDGET_S = 120.0
 FROZEN_FAMILIES = ("handcrafted", "deep", "hybrid")
 ARTEFACTS = ("tsne.npz", "learning_curves.csv", "gallery.json", "retrieval.json", "manifest.json")
+ARTEFACT_OF = {"tsne": "tsne.npz", "learning_curves": "learning_curves.csv", "gallery": "gallery.json",
+               "retrieval": "retrieval.json"}  # part -> its file in analysis/
 
 
 # --------------------------------------------------------------------------- helpers
 def _write_json(path: Path, data) -> None:
-    tmp = path.with_name("." + path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=_json_default))
-    os.replace(tmp, path)
+    runfolder.write_json(path, data, default=_json_default)
 
 
 def _json_default(o):
@@ -140,9 +139,8 @@ def thumbnail(img: np.ndarray, modality: str = "rgb", size: int = THUMB_PX) -> n
 
 def _save_png(arr: np.ndarray, path: Path) -> None:
     from PIL import Image
-    tmp = path.with_name("." + path.name + ".tmp")
-    Image.fromarray(arr).save(tmp, format="PNG", optimize=True)
-    os.replace(tmp, path)
+    with runfolder.atomic_path(path) as tmp:
+        Image.fromarray(arr).save(tmp, format="PNG", optimize=True)
 
 
 def _nearest(train: np.ndarray, query: np.ndarray, k: int):
@@ -321,6 +319,11 @@ class _Analysis:
         spaces = [(fam, self.best[fam]) for fam in ("handcrafted", "deep")
                   if fam in self.best and self.best[fam]["feature"] in avail]
         if not spaces:
+            if (self.out / "retrieval.json").exists():  # a resumed, finished run: still valid
+                self.part("retrieval", "kept", reason="the feature spaces are not in memory in this "
+                          "session (every cell was finished); retrieval.json of the session that "
+                          "computed them is kept")
+                return
             self.part("retrieval", "skipped",
                       reason="no hand-crafted or deep feature space with per-image features in memory")
             return
@@ -432,10 +435,10 @@ class _Analysis:
                 info.append({"feature": label, "status": "failed", "error": f"{type(exc).__name__}: {exc}"})
         done = [i for i in info if i["status"] == "done"]
         if embs:
-            np.savez_compressed(self.out / "tsne.npz", index=idx.astype(np.int64),
-                                y=self.y[idx].astype(np.int64),
-                                features=np.array([i["feature"] for i in done], dtype=str),
-                                embedding=np.stack(embs))
+            with runfolder.atomic_path(self.out / "tsne.npz", suffix=".npz") as tmp:
+                np.savez_compressed(tmp, index=idx.astype(np.int64), y=self.y[idx].astype(np.int64),
+                                    features=np.array([i["feature"] for i in done], dtype=str),
+                                    embedding=np.stack(embs))
         if any(i.get("fold_stage_fit_on_plotted_images") for i in done):
             self.manifest["notes"].append(
                 "t-SNE of features with a fold stage (e.g. a codebook) fitted that stage on the plotted "
@@ -509,9 +512,7 @@ class _Analysis:
             self.manifest["notes"].append(msg)
         if out:
             df = pd.DataFrame(out)
-            tmp = self.out / ".learning_curves.csv.tmp"
-            df.to_csv(tmp, index=False)
-            os.replace(tmp, self.out / "learning_curves.csv")
+            runfolder.write_text(self.out / "learning_curves.csv", df.to_csv(index=False))
         self.part("learning_curves", "done" if out else "skipped", rows=len(out), splits=len(splits),
                   fractions=fractions, stopped_by_budget=stopped, missing_features=missing,
                   note="refit with the classifier's configured parameters (no inner search)",
@@ -577,6 +578,16 @@ def _guarded(a: _Analysis, name: str, fn):
         return None
 
 
+def _remove_stale(a: _Analysis) -> None:
+    """Each artefact is replaced in place when its part is done again (a kill leaves the
+    old one); a part switched off, skipped or failed this time must not leave an old
+    result behind -- except one ``kept`` on purpose (see :meth:`_Analysis.retrieval`)."""
+    for part, name in ARTEFACT_OF.items():
+        status = (a.manifest["parts"].get(part) or {}).get("status")
+        if status not in ("done", "kept"):
+            (a.out / name).unlink(missing_ok=True)
+
+
 def run_analysis(ctx) -> dict:
     """Compute and save every analysis artefact of a run (see module docstring).
 
@@ -584,8 +595,6 @@ def run_analysis(ctx) -> dict:
     """
     a = _Analysis(ctx)
     a.out.mkdir(parents=True, exist_ok=True)
-    for stale in ARTEFACTS:  # a part switched off must not leave an old result behind
-        (a.out / stale).unlink(missing_ok=True)
     shutil.rmtree(a.out / "explain", ignore_errors=True)
     t0 = time.perf_counter()
     items = _guarded(a, "gallery", a.gallery) or []
@@ -597,6 +606,7 @@ def run_analysis(ctx) -> dict:
     _guarded(a, "explain", lambda: a.explain(items))
     a.manifest["seconds"] = round(time.perf_counter() - t0, 2)
     a.manifest["budget_s"] = a.deadline.seconds
+    _remove_stale(a)
     _write_json(a.out / "manifest.json", a.manifest)
     log.info("analysis finished in %.1f s", a.manifest["seconds"])
     return a.manifest

@@ -144,33 +144,29 @@ def cmd_run(args) -> int:
     if cfg.get("datasets"):
         return _run_suite(cfg, args, base)
     ctx = engine.run(cfg, progress=_progress_factory(args.quiet), new=args.new,
-                     on_run_dir=_attach_run_log, base_dir=base)
-    return _finish(ctx.run_dir, cfg, args)
+                     on_run_dir=_attach_run_log, base_dir=base, report=True)
+    return _finish(ctx)
 
 
-def _finish(run_dir: Path, cfg: dict, args) -> int:
+def _finish(ctx) -> int:
+    """The leaderboard of the run's records (in memory), its folder and its report."""
     from . import aggregate
-    from . import records as rec
-    aggregate.save_summary(run_dir)
     print()
-    print(aggregate.leaderboard_text(aggregate.summarize(rec.load(run_dir / "records.jsonl"))))
-    print(f"\nresults: {run_dir}")
-    formats = cfg["output"]["formats"]
-    if formats:
-        from . import report
-        out = Path(cfg["output"]["reports_dir"]) / run_dir.name
-        _print_report_paths(report.build(run_dir, out, formats=tuple(formats)))
+    print(aggregate.leaderboard_text(aggregate.summarize(ctx.records())))
+    print(f"\nresults: {ctx.run_dir}")
+    if ctx.report_paths:
+        _print_report_paths(ctx.report_paths)
     return 0
 
 
 def _run_suite(cfg: dict, args, base) -> int:
     from . import aggregate, suite
-    from . import records as rec
+    from .runfolder import RunFolder
     res = suite.run(cfg, progress=_progress_factory(args.quiet), new=args.new, on_run_dir=_attach_run_log,
                     base_dir=base)
     for label, run_dir in res.runs.items():
         print(f"\n{label}:")
-        summary = aggregate.summarize(rec.load(run_dir / "records.jsonl"))
+        summary = aggregate.summarize(RunFolder(run_dir).records())
         print(aggregate.leaderboard_text(summary, max_rows=10))
     print(f"\nresults: {res.suite_dir}")
     if res.reports.get("suite"):
@@ -195,7 +191,7 @@ def _print_report_paths(paths: dict) -> None:
 
 def cmd_list(args) -> int:
     from . import regressors  # noqa: F401  (fills REGRESSORS: the counters' regressors)
-    from .engine import load_components
+    from .components import load_components
     from .registry import ALL
     load_components()
     axes = [args.axis] if args.axis else list(ALL)
@@ -235,22 +231,18 @@ def cmd_report(args) -> int:
         paths = suite.rebuild_reports(run_dir, out, formats)
         _print_report_paths(paths["suite"])
         return 0
-    if not (run_dir / "records.jsonl").exists():
-        raise BenchError(f"{run_dir} is not a run folder (no records.jsonl)",
-                         "pass a folder under results/, e.g. results/default-1a2b3c4d")
-    from . import records as rec
-    aggregate.save_summary(run_dir)
-    print(aggregate.leaderboard_text(aggregate.summarize(rec.load(run_dir / "records.jsonl"))))
-    _print_report_paths(report.build(run_dir, out, formats=formats))
+    from .runfolder import RunFolder
+    records = RunFolder.open(run_dir).latest()  # read once, handed on
+    aggregate.save_summary(run_dir, records)
+    print(aggregate.leaderboard_text(aggregate.summarize(records)))
+    _print_report_paths(report.build(run_dir, out, formats=formats, records=records))
     return 0
 
 
 def cmd_compare(args) -> int:
     from . import report
-    dirs = [Path(d) for d in args.run_dirs]
-    for d in dirs:
-        if not (d / "records.jsonl").exists():
-            raise BenchError(f"{d} is not a run folder (no records.jsonl)", "pass folders under results/")
+    from .runfolder import RunFolder
+    dirs = [RunFolder.open(d).path for d in args.run_dirs]
     out = Path(args.out) if args.out else Path("reports") / ("compare-" + "-".join(d.name for d in dirs)[:80])
     paths = report.compare(dirs, out)
     main = paths.get("html") or next(iter(paths.values()), None)

@@ -30,7 +30,7 @@ import numpy as np
 
 def _machine() -> str:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    from .engine import cpu_name
+    from .provenance import cpu_name
     cpu = cpu_name()
     return f"{cpu}, {cores} cores, Python {platform.python_version()}"
 
@@ -38,11 +38,12 @@ def _machine() -> str:
 def _feature_stage_seconds(features: list, n_per_class: int, cache_dir: Path, n_jobs: int = 1,
                            size: int = 96) -> float:
     """Wall time of the feature stage of a run (extraction or cache loads)."""
-    from . import engine
     from .cache import FeatureCache, make_key
+    from .components import load_components
+    from .extraction import compute_per_image
     from .imaging import Prepare
     from .registry import DATASETS, FEATURES
-    engine.load_components()
+    load_components()
     ds = DATASETS.create("synthetic-parcel", n_per_class=n_per_class, size=size, seed=0)
     cache = FeatureCache(cache_dir)
     t0 = time.perf_counter()
@@ -53,7 +54,7 @@ def _feature_stage_seconds(features: list, n_per_class: int, cache_dir: Path, n_
         key = make_key(ds.fingerprint(), stage.cache_key(), prep.key())
         hit = cache.get(key)
         if hit is None:
-            X, _ = engine.compute_per_image(stage, ds, prep, n_jobs=n_jobs, chunk_size=32)
+            X, _ = compute_per_image(stage, ds, prep, n_jobs=n_jobs, chunk_size=32)
             cache.put(key, np.asarray(X) if X.dtype != object else X, {"ms_per_image": 0})
         else:
             X = hit[0]
@@ -122,11 +123,12 @@ def hwm_kb():  # peak RSS of this process image (ru_maxrss would include the par
         if line.startswith("VmHWM:"):
             return int(line.split()[1])
 
-from bench import engine
+from bench.components import load_components
+from bench.extraction import compute_per_image
 from bench.data.base import Dataset
 from bench.imaging import Prepare
 from bench.registry import FEATURES
-engine.load_components()
+load_components()
 n, size = int(sys.argv[1]), int(sys.argv[2])
 def load(i):
     rng = np.random.default_rng(i)
@@ -135,7 +137,7 @@ ds = Dataset("mem", load, np.arange(n) % 2, ["a", "b"], [str(i) for i in range(n
 stage, _ = FEATURES.create("lbp").stages()
 base = hwm_kb()
 t0 = time.perf_counter()
-X, _ = engine.compute_per_image(stage, ds, Prepare(), n_jobs=1, chunk_size=256, out_path=sys.argv[3])
+X, _ = compute_per_image(stage, ds, Prepare(), n_jobs=1, chunk_size=256, out_path=sys.argv[3])
 print(X.shape[0], X.shape[1], base, hwm_kb(), time.perf_counter() - t0)
 """
 
@@ -162,11 +164,12 @@ def hwm_kb():
         if line.startswith("VmHWM:"):
             return int(line.split()[1])
 
-from bench import engine
+from bench.components import load_components
+from bench.extraction import compute_per_image
 from bench.data.npz import npz_dataset
 from bench.imaging import Prepare
 from bench.registry import FEATURES
-engine.load_components()
+load_components()
 stage, _ = FEATURES.create("lbp").stages()
 base = hwm_kb()
 t0 = time.perf_counter()
@@ -174,7 +177,7 @@ ds = npz_dataset(sys.argv[1], cache_dir=sys.argv[2])
 t_open = time.perf_counter() - t0
 after_open = hwm_kb()
 t0 = time.perf_counter()
-X, _ = engine.compute_per_image(stage, ds, Prepare(), n_jobs=1, chunk_size=256, out_path=sys.argv[3])
+X, _ = compute_per_image(stage, ds, Prepare(), n_jobs=1, chunk_size=256, out_path=sys.argv[3])
 print(len(ds), X.shape[1], base, after_open, hwm_kb(), t_open, time.perf_counter() - t0)
 """
 

@@ -230,3 +230,27 @@ def score(y_true, y_pred) -> dict:
         return {"accuracy": float(accuracy_score(y_true, y_pred)),
                 "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
                 "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0))}
+
+
+def _softmax(z) -> np.ndarray:
+    z = np.asarray(z, dtype=np.float64)
+    if z.ndim == 1:  # binary decision_function: one value per sample
+        z = z[:, None]
+    if z.shape[1] == 1:
+        z = np.hstack([-z, z]) / 2
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def class_scores(fitted, X) -> np.ndarray:
+    """Per-class confidences of a fitted classifier (what the records' predictions store
+    beside :func:`score`): ``predict_proba`` where the model has it, else the softmax of
+    its decision values (e.g. SVM, linear SVM: uncalibrated scores). Columns follow
+    ``fitted.classes_``."""
+    if hasattr(fitted, "predict_proba"):
+        try:
+            return fitted.predict_proba(X)
+        except AttributeError:  # e.g. a Pipeline whose last step lacks predict_proba
+            pass
+    return _softmax(fitted.decision_function(X))

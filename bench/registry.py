@@ -116,3 +116,8 @@ REGRESSORS = Registry("regressors")   # count regressors (bench/regressors.py, c
 
 ALL = {"datasets": DATASETS, "features": FEATURES, "backbones": BACKBONES,
        "classifiers": CLASSIFIERS, "regressors": REGRESSORS}
+
+
+def accepts(factory, name: str) -> bool:
+    """Whether a registered factory takes keyword ``name`` (e.g. ``random_state``)."""
+    return name in inspect.signature(factory).parameters

@@ -32,6 +32,7 @@ from typing import Callable
 
 from .config import dump
 from .errors import BenchError, ConfigError, ResultsError
+from .runfolder import RunFolder, write_json
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +52,6 @@ def member_config(member: dict, suite_dir: Path) -> dict:
     return cfg
 
 
-def _write_json(path: Path, data) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str))
-    os.replace(tmp, path)
-
-
 def run(cfg: dict, *, progress=None, new: bool = False, on_run_dir: Callable[[Path], None] | None = None,
         base_dir: Path | None = None, report: bool = True) -> SuiteResult:
     """Run (or resume) every dataset of a validated suite config, then build the suite report.
@@ -65,7 +60,6 @@ def run(cfg: dict, *, progress=None, new: bool = False, on_run_dir: Callable[[Pa
     later with :func:`build_reports`.
     """
     from . import engine
-    from .aggregate import save_summary
     members = cfg.get("datasets")
     if not members:
         raise ConfigError("not a suite: the config has no 'datasets' list",
@@ -86,7 +80,6 @@ def run(cfg: dict, *, progress=None, new: bool = False, on_run_dir: Callable[[Pa
         try:
             ctx = engine.run(member_config(member, suite_dir), progress=progress, new=False,
                              on_run_dir=on_run_dir, base_dir=base_dir)
-            save_summary(ctx.run_dir)
             result.runs[label] = ctx.run_dir
             status["datasets"][label] = {"status": "ok", "run_dir": ctx.run_dir.name,
                                          "dataset": ctx.dataset.name, "n_images": len(ctx.dataset)}
@@ -95,9 +88,9 @@ def run(cfg: dict, *, progress=None, new: bool = False, on_run_dir: Callable[[Pa
             log.error("suite: dataset %s failed: %s", label, text)
             result.failed[label] = text
             status["datasets"][label] = {"status": "failed", "error": exc.message, "hint": exc.hint}
-        _write_json(suite_dir / "suite.json", status)
+        write_json(suite_dir / "suite.json", status)
     status["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    _write_json(suite_dir / "suite.json", status)
+    write_json(suite_dir / "suite.json", status)
     formats = tuple(cfg["output"]["formats"] or ())
     if report and formats and result.runs:
         out_dir = Path(cfg["output"]["reports_dir"]) / suite_dir.name
@@ -117,7 +110,7 @@ def rebuild_reports(suite_dir, out_dir, formats=("html", "pdf")) -> dict:
     datasets = status.get("datasets", {})
     runs = {label: suite_dir / info.get("run_dir", label) for label, info in datasets.items()
             if info.get("status") == "ok"
-            and (suite_dir / info.get("run_dir", label) / "records.jsonl").exists()}
+            and RunFolder(suite_dir / info.get("run_dir", label)).is_run()}
     if not runs:
         raise ResultsError(f"{suite_dir}: no dataset of this suite finished", "run the suite first")
     return build_reports(suite_dir, runs, Path(out_dir), tuple(formats),

@@ -125,6 +125,23 @@ class ResolvedWeights:
         return self.path is None
 
 
+
+def weights_of(desc: dict) -> str:
+    """The provenance label of a feature's weights (the records' ``weights`` field) from
+    its extractor's ``describe()``: a concatenation is ``random-init`` when any part is,
+    else its first ImageNet part's label (``imagenet`` or ``imagenet (<package> ...)``)."""
+    if not desc:
+        return "n/a"
+    if desc.get("weights"):
+        return str(desc["weights"])
+    parts = [weights_of(p) for p in desc.get("parts", []) if isinstance(p, dict)]
+    for word in ("random-init", "imagenet"):
+        hit = next((p for p in parts if p == word or p.startswith(word + " ")), None)
+        if hit is not None:
+            return hit
+    files = [p for p in parts if p.startswith("file:")]
+    return files[0] if files else "n/a"
+
 def keras_cache_dirs() -> list[Path]:
     """Folders Keras stores ``keras.applications`` weights in, preferred one first."""
     home = os.environ.get("KERAS_HOME")

@@ -372,7 +372,7 @@ class Oracle:
 def class_scores(fitted, X) -> np.ndarray:
     """``predict_proba`` where the model has it, else the softmax of its decision values
     (SVMs without probability calibration: uncalibrated, so ``threshold`` means less)."""
-    from ..engine import class_scores as _scores
+    from ..protocol import class_scores as _scores
     return _scores(fitted, X)
 
 

@@ -54,6 +54,16 @@ class Extractor(BaseEstimator, TransformerMixin):
         return np.stack(rows).astype(np.float32, copy=False)
 
     # -- engine contract -------------------------------------------------
+    @property
+    def parallel_safe(self) -> bool:
+        """Whether the per-image stage may run in several worker processes.
+
+        Hand-crafted extractors are cheap to ship to workers. A CNN is not: each worker
+        would build its own model and TensorFlow already uses every core, so it runs in
+        the main process, batched. A subclass may override this (a class attribute
+        ``parallel_safe = True`` does)."""
+        return self.family == "handcrafted"
+
     def stages(self):
         """Return ``(per_image_transformer, fold_transformer_or_None)``."""
         return self, None

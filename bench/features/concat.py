@@ -36,9 +36,8 @@ log = logging.getLogger(__name__)
 
 def build_part(spec, where: str = "concat") -> Extractor:
     """An extractor from a name, a ``{"name", "params"}`` mapping or an instance."""
-    if isinstance(spec, (str, dict)):
-        from ..engine import load_components  # parts may be built in a fresh worker process
-        load_components()
+    # by name: FEATURES holds every built-in extractor, since importing this module
+    # imported the bench.features package (also in a fresh worker process)
     if isinstance(spec, str):
         return FEATURES.create(spec, where=where)
     if isinstance(spec, dict):
@@ -98,6 +97,13 @@ def _dense(col: np.ndarray) -> np.ndarray:
         np.zeros((0, 0), np.float32)
 
 
+def _all_parallel_safe(parts) -> bool:
+    try:
+        return all(getattr(p, "parallel_safe", False) for p in parts)
+    except Exception:  # noqa: BLE001 - a part that cannot be built: be conservative
+        return False
+
+
 class ConcatPerImage(Extractor):
     """Per-image stage of a concatenation with a fold stage: ``(n, n_parts)`` objects."""
 
@@ -107,6 +113,11 @@ class ConcatPerImage(Extractor):
         self.parts = parts
 
     family = _Family()
+
+    @property
+    def parallel_safe(self) -> bool:
+        """Several worker processes only when every part allows it (no CNN part)."""
+        return _all_parallel_safe(self.parts)
 
     def transform(self, images: Sequence[np.ndarray]) -> np.ndarray:
         images = list(images)  # load once, whatever the number of parts
@@ -192,6 +203,15 @@ class Concat(Extractor):
     # CNNFeatures.__getstate__).
 
     family = _Family()
+
+    @property
+    def parallel_safe(self) -> bool:
+        """Several worker processes only when every part allows it (no CNN part)."""
+        try:
+            parts = self.built_parts()
+        except Exception:  # noqa: BLE001 - unknown layout: be conservative
+            return False
+        return _all_parallel_safe(parts)
 
     def stages(self):
         parts = self.built_parts()

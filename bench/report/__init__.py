@@ -78,13 +78,15 @@ def _write(doc, out: Path, formats: tuple[str, ...]) -> dict[str, Path]:
     return paths
 
 
-def build(run_dir, reports_dir=None, formats: Sequence[str] = FORMATS) -> dict[str, Path]:
+def build(run_dir, reports_dir=None, formats: Sequence[str] = FORMATS,
+          records: list | None = None) -> dict[str, Path]:
     """Build the report of one run folder; returns ``{"html", "pdf", "summary_pdf", "figures", "tables"}``
-    (only the formats asked for). ``reports_dir`` defaults to ``<repo>/reports/<run-id>``."""
+    (only the formats asked for). ``reports_dir`` defaults to ``<repo>/reports/<run-id>``;
+    ``records``: the run's records when the caller holds them (``bench run``), else read."""
     from .document import build_document
     from .rundata import RunData
     formats = _check_formats(formats)
-    rd = RunData.load(run_dir)
+    rd = RunData.load(run_dir, records=records)
     out = Path(reports_dir) if reports_dir is not None else default_reports_dir(rd.run_id)
     doc = build_document(rd)
     paths = _write(doc, out, formats)

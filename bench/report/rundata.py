@@ -15,7 +15,7 @@ import pandas as pd
 
 from .. import records as rec
 from ..aggregate import summarize
-from ..errors import ResultsError
+from ..runfolder import RunFolder
 
 log = logging.getLogger(__name__)
 
@@ -60,15 +60,11 @@ class RunData:
     _pred_cache: dict = field(default_factory=dict, repr=False)
 
     @classmethod
-    def load(cls, run_dir) -> "RunData":
-        run_dir = Path(run_dir)
-        if not run_dir.is_dir():
-            raise ResultsError(f"run folder {run_dir} does not exist",
-                               "pass a folder under results/, e.g. results/default-1a2b3c4d")
-        if not (run_dir / "records.jsonl").exists():
-            raise ResultsError(f"{run_dir} is not a run folder (no records.jsonl)",
-                               "run `python -m bench run --config ...` first, or pass a folder under "
-                               "results/")
+    def load(cls, run_dir, records: list | None = None) -> "RunData":
+        """Read a run folder through :class:`bench.runfolder.RunFolder`; ``records`` (the
+        records of the run, when the caller holds them) spares reading them again."""
+        folder = RunFolder.open(run_dir)
+        run_dir = folder.path
         config = {}
         if (run_dir / "config.yaml").exists():
             import yaml
@@ -76,7 +72,7 @@ class RunData:
                 config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
             except (OSError, yaml.YAMLError) as exc:
                 log.warning("cannot read config.yaml: %s", exc)
-        records = list(rec.latest_by_cell(rec.load(run_dir / "records.jsonl")).values())
+        records = folder.latest() if records is None else list(rec.latest_by_cell(records).values())
         rd = cls(run_dir=run_dir, run_id=run_dir.resolve().name, config=config,
                  env=_read_json(run_dir / "env.json", {}) or {},
                  dataset=_read_json(run_dir / "dataset.json", {}) or {},
