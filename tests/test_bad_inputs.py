@@ -91,7 +91,8 @@ def test_unwritable_results_folder(tmp_path, corpus):
 
 def test_disk_full_keeps_finished_records(tmp_path, corpus, monkeypatch):
     cfg = _cfg(tmp_path, corpus, "classifiers=[logreg,knn]", "protocol.n_splits=3")
-    real = records._append_line
+    from bench import runfolder
+    real = runfolder._append_line
     calls = {"n": 0}
 
     def flaky(path, line):
@@ -100,11 +101,11 @@ def test_disk_full_keeps_finished_records(tmp_path, corpus, monkeypatch):
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(path, line)
 
-    monkeypatch.setattr(records, "_append_line", flaky)
+    monkeypatch.setattr(runfolder, "_append_line", flaky)
     with pytest.raises(ResultsError, match="No space left") as e:
         engine.run(cfg)
     assert "resumes" in e.value.hint
-    monkeypatch.setattr(records, "_append_line", real)
+    monkeypatch.setattr(runfolder, "_append_line", real)
     ctx = engine.run(cfg)
     rs = ctx.records()
     assert len(rs) == 6 and all(r["status"] == "ok" for r in rs)

@@ -15,7 +15,7 @@ from bench.counting.regression import fit_count_regressor, regressor_specs, scen
 from bench.counting.tiles import (HistogramMatcher, SceneColour, colour_jitter, cut_tile, gray_world,
                                   tile_grid, tile_targets)
 from bench.data.points import load_points
-from bench.engine import load_components
+from bench.components import load_components
 from bench.errors import ConfigError
 from bench.registry import FEATURES, REGRESSORS
 

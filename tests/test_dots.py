@@ -189,7 +189,7 @@ def test_shared_photos_match_counts_csv(shared_data, tmp_path):
 # --------------------------------------------------------------- the noaa-dotted dataset
 def test_noaa_dotted_dataset_masks_the_photos_and_is_cached(tmp_path):
     from bench.registry import DATASETS
-    from bench.engine import load_components
+    from bench.components import load_components
 
     load_components()
     root = tmp_path / "noaa"

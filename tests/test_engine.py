@@ -10,6 +10,7 @@ import pytest
 
 from bench import engine, records
 from bench.errors import ConfigError, DataError, PluginError
+from bench.plugins import load_plugins
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run_helpers import read_spy_log, record_lines, toy_config  # noqa: E402
@@ -101,8 +102,9 @@ def test_concat_with_a_plugin_part_in_worker_processes(tmp_path):
     ctx = engine.run(cfg)
     rs = ctx.records()
     assert len(rs) == 8 and all(r["status"] == "ok" and r["n_features"] == 8 + 30 for r in rs)
-    ds_images = [engine.DATASETS.create("toy-blobs", n_per_class=8).load(i) for i in range(24)]
-    direct = engine.FEATURES.create("concat", parts=["column_profile", "lbp"]).transform(ds_images)
+    from bench.registry import DATASETS, FEATURES
+    ds_images = [DATASETS.create("toy-blobs", n_per_class=8).load(i) for i in range(24)]
+    direct = FEATURES.create("concat", parts=["column_profile", "lbp"]).transform(ds_images)
     np.testing.assert_allclose(np.asarray(ctx.per_image("cc")), direct, rtol=1e-6)
 
 
@@ -148,18 +150,19 @@ def test_plugin_errors_name_file_and_line(tmp_path):
     bad = tmp_path / "broken.py"
     bad.write_text("import numpy\n\nx = 1 / 0\n")
     with pytest.raises(PluginError, match=r"broken.py line 3.*ZeroDivisionError"):
-        engine.load_plugins([str(bad)])
+        load_plugins([str(bad)])
     syn = tmp_path / "syntax.py"
     syn.write_text("def f(:\n")
     with pytest.raises(PluginError, match="line 1"):
-        engine.load_plugins([str(syn)])
+        load_plugins([str(syn)])
     with pytest.raises(PluginError, match="does not exist"):
-        engine.load_plugins([str(tmp_path / "nope.py")])
+        load_plugins([str(tmp_path / "nope.py")])
 
 
 def test_binary_decision_function_softmax_is_per_sample():
     z = np.array([-2.0, 0.0, 3.0])
-    p = engine._softmax(z)
+    from bench.protocol import _softmax
+    p = _softmax(z)
     assert p.shape == (3, 2)
     np.testing.assert_allclose(p.sum(axis=1), 1)
     assert list(p.argmax(axis=1)) == [0, 0, 1] or p[1, 0] == p[1, 1]

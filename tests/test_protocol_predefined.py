@@ -8,7 +8,7 @@ from bench import engine, records
 from bench import report as rep
 from bench.cli import main
 from bench.config import load_config
-from bench.engine import run_cell
+from bench.cells import run_cell
 from bench.errors import ConfigError
 from bench.protocol import make_splits
 from bench.report import tables as T

@@ -16,7 +16,7 @@ import pytest
 
 from bench import engine, report
 from bench.config import load_config
-from bench.engine import weights_of
+from bench.weights import weights_of
 
 
 def _run(tmp_path, features, *extra):
