@@ -33,7 +33,7 @@ from . import classifiers as _classifiers  # noqa: F401  (fills CLASSIFIERS, als
 from . import records as rec
 from .cache import FeatureCache, make_key
 from .data.base import suggest_prepare
-from .config import config_hash, dump
+from .config import check_components, config_hash, dump
 from .errors import BenchError, ConfigError, DataError, PluginError, ResultsError
 from .imaging import Prepare
 from .protocol import SplitPlan, check_dataset_for_protocol, make_splits, score
@@ -537,6 +537,7 @@ def _run(cfg: dict, *, progress: Progress | None = None, new: bool = False,
     t_start = time.time()
     load_components()
     plugin_paths = load_plugins(cfg["plugins"], base_dir)
+    check_components(cfg)  # names and parameter types, before the run folder exists
 
     # dataset
     ds_params = {k: v for k, v in cfg["dataset"].items() if k != "kind"}
