@@ -315,8 +315,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="command")
 
     def add(name, helptext):
-        return sub.add_parser(name, help=helptext, description=helptext, epilog=EXAMPLES[name],
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+        sp = sub.add_parser(name, help=helptext, description=helptext, epilog=EXAMPLES[name],
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+        # the global switches after the command too (SUPPRESS: an absent one keeps the global value)
+        sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+        sp.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS)
+        sp.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                        help="warnings and results only")
+        return sp
 
     r = add("run", "run (or resume) a benchmark")
     r.add_argument("--config", "-c", default=None,
@@ -369,9 +375,32 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# a user error without its own hint gets the one of its kind
+DEFAULT_HINTS = {
+    "ConfigError": "check the key in the pipeline file or the key=value override; "
+                   "`python -m bench run --help` shows examples",
+    "DataError": "check the dataset files named above; `python -m bench list datasets` shows the layouts",
+    "WeightsError": "check the weights file, or set on_missing_weights: random",
+    "PluginError": "fix the plugin file named above (a plugin file is Python code that bench runs)",
+    "ResultsError": "check the results/report folder named above (writable, not in use by another run)",
+}
+
+
+def parse_args(parser: argparse.ArgumentParser, argv) -> argparse.Namespace:
+    """Options anywhere: ``run`` takes ``key=value`` overrides before, between and after its
+    options (``run a=1 --no-report b=2``); anything else unknown is an error, as argparse says."""
+    args, extra = parser.parse_known_args(argv)
+    bad = [e for e in extra if e.startswith("-") or getattr(args, "command", None) != "run" or "=" not in e]
+    if bad:
+        parser.error(f"unrecognized arguments: {' '.join(bad)}")
+    if extra:
+        args.overrides = list(args.overrides) + extra
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
@@ -384,8 +413,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"error: {exc.message}", file=sys.stderr)
-        if exc.hint:
-            print(f"hint: {exc.hint}", file=sys.stderr)
+        hint = (exc.hint or "").strip() or DEFAULT_HINTS.get(type(exc).__name__) or \
+            "rerun with --debug for the traceback"
+        print(f"hint: {hint}", file=sys.stderr)
         return exc.exit_code
     except BrokenPipeError:  # e.g. `python -m bench list | head`
         with __import__("contextlib").suppress(Exception):
