@@ -15,6 +15,7 @@ of every verdict.
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Iterable
 
@@ -243,12 +244,50 @@ def leaderboard_text(df: pd.DataFrame, max_rows: int | None = None) -> str:
     return "\n".join(out)
 
 
+# CSV cells a spreadsheet would run as a formula (=HYPERLINK(...), +cmd, -2+3, @SUM): written
+# with a leading "'" (and a leading "'" doubled, so csv_unescape gives back the exact text)
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")
+_PLAIN_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?%?")
+
+
+def csv_cell(value):
+    """``value`` made safe for a spreadsheet (text only; plain numbers such as ``-1.5`` stay)."""
+    if isinstance(value, str) and value[:1] in _FORMULA_START and not _PLAIN_NUMBER.fullmatch(value):
+        return "'" + value
+    return value
+
+
+def _uncell(value):
+    if isinstance(value, str) and len(value) > 1 and value[0] == "'" and value[1] in _FORMULA_START:
+        return value[1:]
+    return value
+
+
+def csv_safe(df: pd.DataFrame) -> pd.DataFrame:
+    """A copy of ``df`` for ``to_csv``: every text cell and column name through :func:`csv_cell`."""
+    return _map_text(df, csv_cell)
+
+
+def csv_unescape(df: pd.DataFrame) -> pd.DataFrame:
+    """The inverse of :func:`csv_safe`, for a CSV that bench reads back."""
+    return _map_text(df, _uncell)
+
+
+def _map_text(df: pd.DataFrame, fn) -> pd.DataFrame:
+    out = df.rename(columns=fn)
+    for i in range(out.shape[1]):
+        col = out.iloc[:, i]
+        if pd.api.types.is_object_dtype(col) or pd.api.types.is_string_dtype(col):
+            out.isetitem(i, col.map(fn))
+    return out
+
+
 def save_summary(run_dir: Path) -> Path:
     """Aggregate ``records.jsonl`` of a run folder into ``summary.csv`` (returned)."""
     run_dir = Path(run_dir)
     df = summarize(rec.load(run_dir / "records.jsonl"))
     path = run_dir / "summary.csv"
     tmp = run_dir / ".summary.csv.tmp"
-    df.to_csv(tmp, index=False)
+    csv_safe(df).to_csv(tmp, index=False)
     tmp.replace(path)
     return path

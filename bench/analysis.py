@@ -45,7 +45,7 @@ import numpy as np
 
 from . import records as rec
 from . import schema
-from .aggregate import best_by_family, feature_display, summarize
+from .aggregate import best_by_family, csv_safe, feature_display, summarize
 
 log = logging.getLogger(__name__)
 
@@ -511,7 +511,7 @@ class _Analysis:
         if out:
             df = pd.DataFrame(out)
             tmp = self.out / ".learning_curves.csv.tmp"
-            df.to_csv(tmp, index=False)
+            csv_safe(df).to_csv(tmp, index=False)
             os.replace(tmp, self.out / "learning_curves.csv")
         self.part("learning_curves", "done" if out else "skipped", rows=len(out), splits=len(splits),
                   fractions=fractions, stopped_by_budget=stopped, missing_features=missing,

@@ -440,10 +440,11 @@ def _write_outputs(ctx, rows, status, models):
         rmse_df = pd.concat([rmse_df, fail_rows], ignore_index=True)
     out = Path(ctx.run_dir) / "analysis"
     out.mkdir(parents=True, exist_ok=True)
-    counts_df.to_csv(out / "counts.csv", index=False)
-    rmse_df.to_csv(out / "count_rmse.csv", index=False)
+    from ..aggregate import csv_safe
+    csv_safe(counts_df).to_csv(out / "counts.csv", index=False)
+    csv_safe(rmse_df).to_csv(out / "count_rmse.csv", index=False)
     if models:
-        pd.DataFrame(models).to_csv(out / "count_models.csv", index=False)
+        csv_safe(pd.DataFrame(models)).to_csv(out / "count_models.csv", index=False)
     return counts_df, rmse_df
 
 

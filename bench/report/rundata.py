@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from .. import records as rec
-from ..aggregate import summarize
+from ..aggregate import csv_unescape, summarize
 from ..errors import ResultsError
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ def _read_csv(path: Path) -> pd.DataFrame | None:
     if not path.exists():
         return None
     try:
-        return pd.read_csv(path)
+        return csv_unescape(pd.read_csv(path))  # written through aggregate.csv_safe
     except (OSError, ValueError) as exc:
         log.warning("cannot read %s: %s", path, exc)
         return None
