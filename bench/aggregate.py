@@ -60,8 +60,20 @@ def _first(values: Iterable):
     return None
 
 
-def summarize(records: list[dict] | pd.DataFrame) -> pd.DataFrame:
-    """One row per (dataset, feature, classifier, variant), sorted by mean macro-F1.
+def run_metric(run_dir) -> str:
+    """``protocol.metric`` of a run folder's ``config.yaml``: what ranks its rows (macro_f1 if unset)."""
+    import yaml
+    try:
+        cfg = yaml.safe_load((Path(run_dir) / "config.yaml").read_text()) or {}
+        metric = (cfg.get("protocol") or {}).get("metric") or "macro_f1"
+    except (OSError, ValueError, AttributeError, yaml.YAMLError):
+        return "macro_f1"
+    return metric if metric in METRIC_NAMES else "macro_f1"
+
+
+def summarize(records: list[dict] | pd.DataFrame, metric: str = "macro_f1") -> pd.DataFrame:
+    """One row per (dataset, feature, classifier, variant), sorted by mean ``metric``
+    (``protocol.metric``, see :func:`sort_summary`).
 
     Columns: the keys (``variant`` is ``""`` for the main protocol), ``family``,
     ``weights``, ``label`` (display label), ``n_folds_ok``, ``n_folds_failed``,
@@ -105,7 +117,7 @@ def summarize(records: list[dict] | pd.DataFrame) -> pd.DataFrame:
         row["error"] = "; ".join(errs)[:2000] if errs else ""
         rows.append(row)
     out = pd.DataFrame(rows, columns=cols)
-    return sort_summary(out)
+    return sort_summary(out, metric)
 
 
 def sort_summary(df: pd.DataFrame, metric: str = "macro_f1") -> pd.DataFrame:
@@ -197,15 +209,16 @@ def _pm(row, m) -> str:
     return fmt_pm(row[f"{m}_mean"], row[f"{m}_std"])
 
 
-def leaderboard_text(df: pd.DataFrame, max_rows: int | None = None) -> str:
-    """Fixed-width leaderboard, best macro-F1 first (mean ± std and 95% interval, in %).
+def leaderboard_text(df: pd.DataFrame, max_rows: int | None = None, metric: str = "macro_f1") -> str:
+    """Fixed-width leaderboard, best mean ``metric`` first (``protocol.metric``; mean ± std and
+    the macro-F1 95% interval, in %). A metric other than macro-F1 is named on a first line.
 
     Variant rows (e.g. the leaky random-split score) follow the main rows, unranked;
     rows whose folds all failed are listed last as ``failed``.
     """
     if df is None or df.empty:
         return "(no results)"
-    df = sort_summary(df)
+    df = sort_summary(df, metric)
     multi = df["dataset"].nunique() > 1
     header = (["#"] + (["dataset"] if multi else [])
               + ["feature", "classifier", "family", "macro-F1 %", "95% CI", "accuracy %",
@@ -239,6 +252,8 @@ def leaderboard_text(df: pd.DataFrame, max_rows: int | None = None) -> str:
                          for j, (c, w) in enumerate(zip(cells, widths))).rstrip()
 
     out = [fmt_line(header), fmt_line(["-" * w for w in widths])] + [fmt_line(c) for c in lines]
+    if metric != "macro_f1":
+        out.insert(0, f"ranked by mean {METRIC_NAMES[metric]} (protocol.metric)")
     if max_rows is not None and len(df) > max_rows:
         out.append(f"... {len(df) - max_rows} more rows in summary.csv")
     return "\n".join(out)
@@ -285,7 +300,7 @@ def _map_text(df: pd.DataFrame, fn) -> pd.DataFrame:
 def save_summary(run_dir: Path) -> Path:
     """Aggregate ``records.jsonl`` of a run folder into ``summary.csv`` (returned)."""
     run_dir = Path(run_dir)
-    df = summarize(rec.load(run_dir / "records.jsonl"))
+    df = summarize(rec.load(run_dir / "records.jsonl"), run_metric(run_dir))
     path = run_dir / "summary.csv"
     tmp = run_dir / ".summary.csv.tmp"
     csv_safe(df).to_csv(tmp, index=False)

@@ -150,10 +150,9 @@ def cmd_run(args) -> int:
 
 def _finish(run_dir: Path, cfg: dict, args) -> int:
     from . import aggregate
-    from . import records as rec
     aggregate.save_summary(run_dir)
     print()
-    print(aggregate.leaderboard_text(aggregate.summarize(rec.load(run_dir / "records.jsonl"))))
+    print(_leaderboard(run_dir))
     print(f"\nresults: {run_dir}")
     formats = cfg["output"]["formats"]
     if formats:
@@ -164,14 +163,12 @@ def _finish(run_dir: Path, cfg: dict, args) -> int:
 
 
 def _run_suite(cfg: dict, args, base) -> int:
-    from . import aggregate, suite
-    from . import records as rec
+    from . import suite
     res = suite.run(cfg, progress=_progress_factory(args.quiet), new=args.new, on_run_dir=_attach_run_log,
                     base_dir=base)
     for label, run_dir in res.runs.items():
         print(f"\n{label}:")
-        summary = aggregate.summarize(rec.load(run_dir / "records.jsonl"))
-        print(aggregate.leaderboard_text(summary, max_rows=10))
+        print(_leaderboard(run_dir, max_rows=10))
     print(f"\nresults: {res.suite_dir}")
     if res.reports.get("suite"):
         _print_report_paths(res.reports["suite"])
@@ -181,6 +178,15 @@ def _run_suite(cfg: dict, args, base) -> int:
         print("hint: fix them and run the same command again: finished datasets are kept", file=sys.stderr)
         return 2
     return 0
+
+
+def _leaderboard(run_dir: Path, max_rows: int | None = None) -> str:
+    """The run's leaderboard, ranked by its ``protocol.metric``."""
+    from . import aggregate
+    from . import records as rec
+    metric = aggregate.run_metric(run_dir)
+    summary = aggregate.summarize(rec.load(run_dir / "records.jsonl"), metric)
+    return aggregate.leaderboard_text(summary, max_rows=max_rows, metric=metric)
 
 
 def _print_report_paths(paths: dict) -> None:
@@ -238,9 +244,8 @@ def cmd_report(args) -> int:
     if not (run_dir / "records.jsonl").exists():
         raise BenchError(f"{run_dir} is not a run folder (no records.jsonl)",
                          "pass a folder under results/, e.g. results/default-1a2b3c4d")
-    from . import records as rec
     aggregate.save_summary(run_dir)
-    print(aggregate.leaderboard_text(aggregate.summarize(rec.load(run_dir / "records.jsonl"))))
+    print(_leaderboard(run_dir))
     _print_report_paths(report.build(run_dir, out, formats=formats))
     return 0
 

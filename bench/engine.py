@@ -36,7 +36,7 @@ from .data.base import suggest_prepare
 from .config import check_components, config_hash, dump
 from .errors import BenchError, ConfigError, DataError, PluginError, ResultsError
 from .imaging import Prepare
-from .protocol import SplitPlan, check_dataset_for_protocol, make_splits, score
+from .protocol import SEARCH_SCORING, SplitPlan, check_dataset_for_protocol, make_splits, score
 from .registry import CLASSIFIERS, DATASETS, FEATURES
 
 log = logging.getLogger(__name__)
@@ -306,13 +306,14 @@ def build_pipeline(fold_stage, clf_spec: dict, seed: int, estimator=None) -> Pip
 
 
 def run_cell(X, y, groups, train, test, fold_stage, clf_spec, seed, n_classes, val=None,
-             estimator=None):
+             estimator=None, metric="macro_f1"):
     """Fit on ``train`` rows, predict ``test`` rows. Runs in a worker process.
 
     ``val`` (the predefined protocol's validation rows): a nested search fits each
     candidate on ``train``, scores it on ``val`` (``PredefinedSplit``) and refits the
     best on ``train`` alone, so every row is fitted on the same images. ``estimator``:
-    the classifier built in the main process (a plugin's class is unknown to a worker)."""
+    the classifier built in the main process (a plugin's class is unknown to a worker);
+    ``metric`` (``protocol.metric``) scores the inner search's candidates."""
     with contextlib.suppress(Exception):
         import cv2
         cv2.setNumThreads(1)
@@ -331,7 +332,7 @@ def run_cell(X, y, groups, train, test, fold_stage, clf_spec, seed, n_classes, v
         rows = np.concatenate([train, val])
         fold = PredefinedSplit(np.r_[np.full(len(train), -1), np.zeros(len(val), dtype=int)])
         Xtv = X[rows]
-        model = GridSearchCV(pipe, grid, cv=fold, scoring="f1_macro", n_jobs=1, refit=False)
+        model = GridSearchCV(pipe, grid, cv=fold, scoring=SEARCH_SCORING[metric], n_jobs=1, refit=False)
         model.fit(np.asarray(Xtv) if isinstance(Xtv, np.memmap) else Xtv, y[rows])
         best = {k[5:]: v for k, v in model.best_params_.items()}
         fitted = clone(pipe).set_params(**model.best_params_).fit(Xtr, y[train])
@@ -339,11 +340,11 @@ def run_cell(X, y, groups, train, test, fold_stage, clf_spec, seed, n_classes, v
         grid = {f"clf__{k}": v for k, v in search.items()}
         if groups is not None:
             inner = StratifiedGroupKFold(n_splits=3, shuffle=True, random_state=seed)
-            model = GridSearchCV(pipe, grid, cv=inner, scoring="f1_macro", n_jobs=1)
+            model = GridSearchCV(pipe, grid, cv=inner, scoring=SEARCH_SCORING[metric], n_jobs=1)
             model.fit(Xtr, y[train], groups=groups[train])
         else:
             inner = StratifiedKFold(n_splits=3, shuffle=True, random_state=seed)
-            model = GridSearchCV(pipe, grid, cv=inner, scoring="f1_macro", n_jobs=1)
+            model = GridSearchCV(pipe, grid, cv=inner, scoring=SEARCH_SCORING[metric], n_jobs=1)
             model.fit(Xtr, y[train])
         fitted = model.best_estimator_
         best = {k[5:]: v for k, v in model.best_params_.items()}
@@ -773,7 +774,7 @@ def _run_cells(ctx, cfg, plan, y, groups, done, records_path, run_id, features_m
         label, f, c, s, cid = item
         return delayed(_safe_cell)(ctx._X[label], y, groups, s.train, s.test, f["fold_stage"], c,
                                    s.seed_or(cfg["seed"]), n_classes, getattr(s, "val", None),
-                                   estimators[c["label"]])
+                                   estimators[c["label"]], cfg["protocol"]["metric"])
 
     warned: dict = {}
     try:

@@ -222,6 +222,10 @@ def make_splits(labels: np.ndarray, protocol: dict, seed: int, groups=None,
     return SplitPlan(name, grouped, n_splits, n_rep, splits, kind=protocol["kind"])
 
 
+# protocol.metric -> the scikit-learn scorer of a classifier's inner search (the same metric)
+SEARCH_SCORING = {"accuracy": "accuracy", "balanced_accuracy": "balanced_accuracy", "macro_f1": "f1_macro"}
+
+
 def score(y_true, y_pred) -> dict:
     """Accuracy, balanced accuracy and macro-F1 of one test fold.
 

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from .. import records as rec
-from ..aggregate import csv_unescape, summarize
+from ..aggregate import METRIC_NAMES, csv_unescape, run_metric, summarize
 from ..errors import ResultsError
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,12 @@ class RunData:
     finetune: pd.DataFrame | None = None
     _pred_cache: dict = field(default_factory=dict, repr=False)
 
+    @property
+    def metric(self) -> str:
+        """``protocol.metric``: what ranks the leaderboard rows."""
+        m = (self.config.get("protocol") or {}).get("metric")
+        return m if m in METRIC_NAMES else "macro_f1"
+
     @classmethod
     def load(cls, run_dir) -> "RunData":
         run_dir = Path(run_dir)
@@ -82,7 +88,7 @@ class RunData:
                  dataset=_read_json(run_dir / "dataset.json", {}) or {},
                  splits=_read_json(run_dir / "splits.json", {}) or {},
                  features=_read_json(run_dir / "features.json", {}) or {},
-                 records=records, summary=summarize(records))
+                 records=records, summary=summarize(records, run_metric(run_dir)))
         rd._load_analysis()
         rd._load_finetune()
         return rd
