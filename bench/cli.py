@@ -130,10 +130,44 @@ def _attach_run_log(run_dir: Path) -> None:
     logging.getLogger("bench").addHandler(fh)
 
 
+# --------------------------------------------------------------------------- workers
+PARENT_POLL_S = 1.0
+
+
+def exit_with_parent() -> None:
+    """Initializer of every loky worker: a daemon thread ends the worker within
+    :data:`PARENT_POLL_S` once its parent process is gone (``kill -9`` of ``bench run``),
+    instead of lingering for loky's idle timeout (300 s), busy or not."""
+    import threading
+    import time
+    parent = os.getppid()
+
+    def watch():
+        while True:
+            time.sleep(PARENT_POLL_S)
+            if os.getppid() != parent:
+                os._exit(1)
+    threading.Thread(target=watch, name="bench-exit-with-parent", daemon=True).start()
+
+
+def _workers_exit_with_parent() -> None:
+    """Make joblib's ``loky`` backend (the default of ``bench run``, also inside scikit-learn)
+    start its workers with :func:`exit_with_parent` (joblib's public backend registry)."""
+    from joblib import register_parallel_backend
+    from joblib._parallel_backends import LokyBackend
+
+    class ExitWithParentLoky(LokyBackend):
+        def configure(self, *args, **kwargs):
+            kwargs.setdefault("initializer", exit_with_parent)
+            return super().configure(*args, **kwargs)
+    register_parallel_backend("loky", ExitWithParentLoky)
+
+
 # --------------------------------------------------------------------------- commands
 def cmd_run(args) -> int:
     from . import engine
     from .config import load_config
+    _workers_exit_with_parent()
     cfg = load_config(args.config, args.overrides)
     if cfg["finetune"] or any(f["name"] in ("cnn", "concat") for f in cfg["features"]):
         from ._tf import quiet_import
