@@ -134,19 +134,19 @@ def _attach_run_log(run_dir: Path) -> None:
 PARENT_POLL_S = 1.0
 
 
-def exit_with_parent() -> None:
-    """Initializer of every loky worker: a daemon thread ends the worker within
-    :data:`PARENT_POLL_S` once its parent process is gone (``kill -9`` of ``bench run``),
-    instead of lingering for loky's idle timeout (300 s), busy or not."""
+def exit_with_parent(parent: int) -> None:
+    """Initializer of every loky worker (a direct child of ``parent``, the ``bench run``
+    process): a daemon thread ends the worker within :data:`PARENT_POLL_S` once it is no
+    longer that process's child (``kill -9`` of ``bench run``, even while the worker was
+    starting), instead of lingering for loky's idle timeout (300 s), busy or not."""
     import threading
     import time
-    parent = os.getppid()
 
     def watch():
         while True:
-            time.sleep(PARENT_POLL_S)
             if os.getppid() != parent:
                 os._exit(1)
+            time.sleep(PARENT_POLL_S)
     threading.Thread(target=watch, name="bench-exit-with-parent", daemon=True).start()
 
 
@@ -158,7 +158,8 @@ def _workers_exit_with_parent() -> None:
 
     class ExitWithParentLoky(LokyBackend):
         def configure(self, *args, **kwargs):
-            kwargs.setdefault("initializer", exit_with_parent)
+            if "initializer" not in kwargs:
+                kwargs.update(initializer=exit_with_parent, initargs=(os.getpid(),))
             return super().configure(*args, **kwargs)
     register_parallel_backend("loky", ExitWithParentLoky)
 
