@@ -60,7 +60,7 @@ def _user_error(res, *words):
 
 def _folder_run(tmp_path, root, *extra):
     return run_cli("run", "--config", _pipeline(tmp_path), "dataset.kind=folder", f"dataset.path={root}",
-                   "features=[color_hist]", *QUIET, "--no-report", *extra)
+                   "features=[color_hist]", *QUIET, *extra, "--no-report")
 
 
 # --------------------------------------------------------------------------- defect 7
@@ -271,8 +271,8 @@ def _alive(procs):
 def test_loky_workers_die_with_a_killed_parent(tmp_path):
     pytest.importorskip("psutil")
     cmd = [sys.executable, "-m", "bench", "run", "--config", str(_pipeline(tmp_path)), *QUIET[:5],
-           "parallel.n_jobs=2", "protocol.n_splits=3", "--no-report",
-           "classifiers=[{name: sleepy_knn, params: {sleep: 120}}]"]
+           "parallel.n_jobs=2", "protocol.n_splits=3", "classifiers=[{name: sleepy_knn, params: {sleep: 120}}]",
+           "--no-report"]
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     workers = []
