@@ -15,6 +15,7 @@ of every verdict.
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Iterable
 
@@ -59,8 +60,20 @@ def _first(values: Iterable):
     return None
 
 
-def summarize(records: list[dict] | pd.DataFrame) -> pd.DataFrame:
-    """One row per (dataset, feature, classifier, variant), sorted by mean macro-F1.
+def run_metric(run_dir) -> str:
+    """``protocol.metric`` of a run folder's ``config.yaml``: what ranks its rows (macro_f1 if unset)."""
+    import yaml
+    try:
+        cfg = yaml.safe_load((Path(run_dir) / "config.yaml").read_text()) or {}
+        metric = (cfg.get("protocol") or {}).get("metric") or "macro_f1"
+    except (OSError, ValueError, AttributeError, yaml.YAMLError):
+        return "macro_f1"
+    return metric if metric in METRIC_NAMES else "macro_f1"
+
+
+def summarize(records: list[dict] | pd.DataFrame, metric: str = "macro_f1") -> pd.DataFrame:
+    """One row per (dataset, feature, classifier, variant), sorted by mean ``metric``
+    (``protocol.metric``, see :func:`sort_summary`).
 
     Columns: the keys (``variant`` is ``""`` for the main protocol), ``family``,
     ``weights``, ``label`` (display label), ``n_folds_ok``, ``n_folds_failed``,
@@ -104,7 +117,7 @@ def summarize(records: list[dict] | pd.DataFrame) -> pd.DataFrame:
         row["error"] = "; ".join(errs)[:2000] if errs else ""
         rows.append(row)
     out = pd.DataFrame(rows, columns=cols)
-    return sort_summary(out)
+    return sort_summary(out, metric)
 
 
 def sort_summary(df: pd.DataFrame, metric: str = "macro_f1") -> pd.DataFrame:
@@ -196,15 +209,16 @@ def _pm(row, m) -> str:
     return fmt_pm(row[f"{m}_mean"], row[f"{m}_std"])
 
 
-def leaderboard_text(df: pd.DataFrame, max_rows: int | None = None) -> str:
-    """Fixed-width leaderboard, best macro-F1 first (mean ± std and 95% interval, in %).
+def leaderboard_text(df: pd.DataFrame, max_rows: int | None = None, metric: str = "macro_f1") -> str:
+    """Fixed-width leaderboard, best mean ``metric`` first (``protocol.metric``; mean ± std and
+    the macro-F1 95% interval, in %). A metric other than macro-F1 is named on a first line.
 
     Variant rows (e.g. the leaky random-split score) follow the main rows, unranked;
     rows whose folds all failed are listed last as ``failed``.
     """
     if df is None or df.empty:
         return "(no results)"
-    df = sort_summary(df)
+    df = sort_summary(df, metric)
     multi = df["dataset"].nunique() > 1
     header = (["#"] + (["dataset"] if multi else [])
               + ["feature", "classifier", "family", "macro-F1 %", "95% CI", "accuracy %",
@@ -238,15 +252,56 @@ def leaderboard_text(df: pd.DataFrame, max_rows: int | None = None) -> str:
                          for j, (c, w) in enumerate(zip(cells, widths))).rstrip()
 
     out = [fmt_line(header), fmt_line(["-" * w for w in widths])] + [fmt_line(c) for c in lines]
+    if metric != "macro_f1":
+        out.insert(0, f"ranked by mean {METRIC_NAMES[metric]} (protocol.metric)")
     if max_rows is not None and len(df) > max_rows:
         out.append(f"... {len(df) - max_rows} more rows in summary.csv")
     return "\n".join(out)
 
 
+# CSV cells a spreadsheet would run as a formula (=HYPERLINK(...), +cmd, -2+3, @SUM): written
+# with a leading "'" (and a leading "'" doubled, so csv_unescape gives back the exact text)
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")
+_PLAIN_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?%?")
+
+
+def csv_cell(value):
+    """``value`` made safe for a spreadsheet (text only; plain numbers such as ``-1.5`` stay)."""
+    if isinstance(value, str) and value[:1] in _FORMULA_START and not _PLAIN_NUMBER.fullmatch(value):
+        return "'" + value
+    return value
+
+
+def _uncell(value):
+    if isinstance(value, str) and len(value) > 1 and value[0] == "'" and value[1] in _FORMULA_START:
+        return value[1:]
+    return value
+
+
+def csv_safe(df: pd.DataFrame) -> pd.DataFrame:
+    """A copy of ``df`` for ``to_csv``: every text cell and column name through :func:`csv_cell`."""
+    return _map_text(df, csv_cell)
+
+
+def csv_unescape(df: pd.DataFrame) -> pd.DataFrame:
+    """The inverse of :func:`csv_safe`, for a CSV that bench reads back."""
+    return _map_text(df, _uncell)
+
+
+def _map_text(df: pd.DataFrame, fn) -> pd.DataFrame:
+    out = df.rename(columns=fn)
+    for i in range(out.shape[1]):
+        col = out.iloc[:, i]
+        if pd.api.types.is_object_dtype(col) or pd.api.types.is_string_dtype(col):
+            out.isetitem(i, col.map(fn))
+    return out
+
+
 def save_summary(run_dir: Path, records: list[dict] | None = None) -> Path:
     """Aggregate a run folder's records (``records``: already in memory, else read through
-    :class:`bench.runfolder.RunFolder`) into its ``summary.csv`` (returned)."""
+    :class:`bench.runfolder.RunFolder`) into its ``summary.csv`` (returned), ranked by the
+    run's ``protocol.metric``; text cells spreadsheet-safe (:func:`csv_safe`)."""
     from .runfolder import SUMMARY, RunFolder, write_text
     folder = RunFolder(run_dir)
-    df = summarize(folder.records() if records is None else records)
-    return write_text(folder.file(SUMMARY), df.to_csv(index=False))
+    df = summarize(folder.records() if records is None else records, run_metric(run_dir))
+    return write_text(folder.file(SUMMARY), csv_safe(df).to_csv(index=False))

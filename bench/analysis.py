@@ -42,21 +42,21 @@ from typing import Sequence
 import numpy as np
 
 from . import records as rec
-from . import runfolder
-from .aggregate import best_by_family, feature_display, summarize
+from . import runfolder, schema
+from .aggregate import best_by_family, csv_safe, feature_display, summarize
 
 log = logging.getLogger(__name__)
 
 MAX_TSNE_POINTS = 2000
 TSNE_PCA_DIMS = 50
-LEARNING_FRACTIONS = (0.1, 0.25, 0.5, 0.75, 1.0)
+LEARNING_FRACTIONS = schema.ANALYSIS["learning_fractions"]
 LEARNING_MAX_SPLITS = 3
-DEFAULT_GALLERY = 12
-DEFAULT_RETRIEVAL_QUERIES = 4
+DEFAULT_GALLERY = schema.SCHEMA["report"]["gallery"].default
+DEFAULT_RETRIEVAL_QUERIES = schema.ANALYSIS["retrieval_queries"]
 RETRIEVAL_K = 5
 THUMB_PX = 96
 EXPLAIN_PICTURE_PX = 160
-DEFAULT_BUDGET_S = 120.0
+DEFAULT_BUDGET_S = float(schema.SCHEMA["report"]["analysis_budget_s"].default)
 FROZEN_FAMILIES = ("handcrafted", "deep", "hybrid")
 ARTEFACTS = ("tsne.npz", "learning_curves.csv", "gallery.json", "retrieval.json", "manifest.json")
 ARTEFACT_OF = {"tsne": "tsne.npz", "learning_curves": "learning_curves.csv", "gallery": "gallery.json",
@@ -173,7 +173,7 @@ class _Analysis:
         self.ctx = ctx
         self.run_dir = Path(ctx.run_dir)
         self.out = self.run_dir / "analysis"
-        self.cfg = dict((ctx.config or {}).get("report") or {})
+        self.cfg = {**schema.defaults("report"), **((ctx.config or {}).get("report") or {})}
         self.seed = int(getattr(ctx, "seed", 0) or 0)
         self.ds = ctx.dataset
         self.y = np.asarray(self.ds.labels)
@@ -185,7 +185,7 @@ class _Analysis:
         self.summary = summarize(self.records)
         self.best = best_by_family(self.summary)
         self.manifest: dict = {"seed": self.seed, "parts": {}, "notes": []}
-        self.deadline = _Deadline(float(self.cfg.get("analysis_budget_s", DEFAULT_BUDGET_S)))
+        self.deadline = _Deadline(float(self.cfg["analysis_budget_s"]))
         self._thumbs: dict[int, str] = {}
         self._per_image: dict[str, object] = {}
 
@@ -257,7 +257,7 @@ class _Analysis:
 
     # -- (c) gallery
     def gallery(self) -> list[dict]:
-        n = int(self.cfg.get("gallery", DEFAULT_GALLERY) or 0)
+        n = int(self.cfg["gallery"] or 0)
         if n <= 0:
             self.part("gallery", "skipped", reason="report.gallery is 0")
             return []
@@ -307,7 +307,7 @@ class _Analysis:
 
     # -- (d) retrieval
     def retrieval(self, items: list[dict]) -> None:
-        want = self.cfg.get("retrieval", True)
+        want = self.cfg["retrieval"]
         n_q = DEFAULT_RETRIEVAL_QUERIES if want is True else int(want or 0)
         if n_q <= 0:
             self.part("retrieval", "skipped", reason="report.retrieval is off")
@@ -372,7 +372,7 @@ class _Analysis:
 
     # -- (e) what the features see
     def explain(self, items: list[dict]) -> None:
-        if not self.cfg.get("explain", True):
+        if not self.cfg["explain"]:
             self.part("explain", "skipped", reason="report.explain is false")
             return
         if not self.splits:
@@ -389,7 +389,7 @@ class _Analysis:
 
     # -- (a) t-SNE
     def tsne(self) -> None:
-        if not self.cfg.get("tsne", True):
+        if not self.cfg["tsne"]:
             self.part("tsne", "skipped", reason="report.tsne is false")
             return
         labels = self.available()
@@ -448,7 +448,7 @@ class _Analysis:
 
     # -- (b) learning curves
     def learning_curves(self) -> None:
-        if not self.cfg.get("learning_curves", True):
+        if not self.cfg["learning_curves"]:
             self.part("learning_curves", "skipped", reason="report.learning_curves is false")
             return
         avail = set(self.available())
@@ -465,7 +465,7 @@ class _Analysis:
         import pandas as pd
         from .protocol import score  # the metric definitions of the records
         t0 = time.perf_counter()
-        fractions = [float(f) for f in self.cfg.get("learning_fractions", LEARNING_FRACTIONS)]
+        fractions = [float(f) for f in LEARNING_FRACTIONS]
         splits = self.main_splits()[:LEARNING_MAX_SPLITS]
         out = []
         stopped = False
@@ -512,7 +512,7 @@ class _Analysis:
             self.manifest["notes"].append(msg)
         if out:
             df = pd.DataFrame(out)
-            runfolder.write_text(self.out / "learning_curves.csv", df.to_csv(index=False))
+            runfolder.write_text(self.out / "learning_curves.csv", csv_safe(df).to_csv(index=False))
         self.part("learning_curves", "done" if out else "skipped", rows=len(out), splits=len(splits),
                   fractions=fractions, stopped_by_budget=stopped, missing_features=missing,
                   note="refit with the classifier's configured parameters (no inner search)",

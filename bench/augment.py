@@ -41,11 +41,10 @@ loader of :mod:`bench.finetune` applies it before the in-model augmentation.
 """
 from __future__ import annotations
 
-import difflib
 
 import numpy as np
 
-from .errors import ConfigError
+from .errors import ConfigError, did_you_mean
 
 PRESETS: dict[str, dict] = {
     "none": {},
@@ -60,17 +59,12 @@ FLIPS = ("horizontal", "vertical", "horizontal_and_vertical", "none")
 PHOTOMETRIC = ("contrast", "brightness")
 
 
-def _did_you_mean(value, options) -> str:
-    close = difflib.get_close_matches(str(value), list(options), n=1)
-    return f"did you mean {close[0]!r}? " if close else ""
-
-
 def _preset(name, where: str) -> dict:
     key = ALIASES.get(name, name)
     if key not in PRESETS:
         options = list(PRESETS) + list(ALIASES)
         raise ConfigError(f"{where}: unknown augmentation preset {name!r}",
-                          _did_you_mean(name, options) + f"known presets: {', '.join(options)}")
+                          did_you_mean(name, options) + f"known presets: {', '.join(options)}")
     return dict(PRESETS[key])
 
 
@@ -89,7 +83,7 @@ def resolve(augment, modality: str, where: str = "augment") -> dict:
         unknown = [k for k in augment if k not in KEYS]
         if unknown:
             raise ConfigError(f"{where}: unknown augmentation key {unknown[0]!r}",
-                              _did_you_mean(unknown[0], KEYS) + f"allowed: {', '.join(KEYS)}")
+                              did_you_mean(unknown[0], KEYS) + f"allowed: {', '.join(KEYS)}")
         explicit = {k: v for k, v in augment.items() if k != "preset"}
         params = _preset(augment.get("preset", "none"), where)
         params.update(explicit)
@@ -102,7 +96,7 @@ def resolve(augment, modality: str, where: str = "augment") -> dict:
     flip = "none" if out["flip"] in (None, False) else out["flip"]
     if flip not in FLIPS:
         raise ConfigError(f"{where}.flip: {flip!r} is not one of {', '.join(FLIPS)}",
-                          _did_you_mean(flip, FLIPS))
+                          did_you_mean(flip, FLIPS) + f"allowed: {', '.join(FLIPS)}")
     out["flip"] = flip
     for key in ("rotation", "translation", "zoom", "contrast", "brightness"):
         value = out[key]

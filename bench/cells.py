@@ -22,7 +22,7 @@ from . import classifiers as _classifiers  # noqa: F401  (fills CLASSIFIERS, als
 from . import records as rec
 from .errors import BenchError, DataError
 from .parallel import joblib_backend
-from .protocol import class_scores, score
+from .protocol import SEARCH_SCORING, class_scores, score
 from .registry import CLASSIFIERS, accepts
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ def _dense(X):
     return np.asarray(X) if isinstance(X, np.memmap) else X
 
 
-def _fit(pipe, X, Xtr, y, groups, train, val, search, seed):
+def _fit(pipe, X, Xtr, y, groups, train, val, search, seed, metric="macro_f1"):
     """``(fitted, best_params)``: a plain fit on ``Xtr = X[train]``, or a nested search over
     ``search`` (on the predefined validation rows when there are some, else an inner
     3-fold CV)."""
@@ -72,29 +72,30 @@ def _fit(pipe, X, Xtr, y, groups, train, val, search, seed):
     if val is not None and len(val):
         rows = np.concatenate([train, val])
         fold = PredefinedSplit(np.r_[np.full(len(train), -1), np.zeros(len(val), dtype=int)])
-        model = GridSearchCV(pipe, grid, cv=fold, scoring="f1_macro", n_jobs=1, refit=False)
+        model = GridSearchCV(pipe, grid, cv=fold, scoring=SEARCH_SCORING[metric], n_jobs=1, refit=False)
         model.fit(_dense(X[rows]), y[rows])
         best = {k[5:]: v for k, v in model.best_params_.items()}
         return clone(pipe).set_params(**model.best_params_).fit(Xtr, y[train]), best
     if groups is not None:
         inner = StratifiedGroupKFold(n_splits=3, shuffle=True, random_state=seed)
-        model = GridSearchCV(pipe, grid, cv=inner, scoring="f1_macro", n_jobs=1)
+        model = GridSearchCV(pipe, grid, cv=inner, scoring=SEARCH_SCORING[metric], n_jobs=1)
         model.fit(Xtr, y[train], groups=groups[train])
     else:
         inner = StratifiedKFold(n_splits=3, shuffle=True, random_state=seed)
-        model = GridSearchCV(pipe, grid, cv=inner, scoring="f1_macro", n_jobs=1)
+        model = GridSearchCV(pipe, grid, cv=inner, scoring=SEARCH_SCORING[metric], n_jobs=1)
         model.fit(Xtr, y[train])
     return model.best_estimator_, {k[5:]: v for k, v in model.best_params_.items()}
 
 
 def run_cell(X, y, groups, train, test, fold_stage, clf_spec, seed, n_classes, val=None,
-             estimator=None) -> dict:
+             estimator=None, metric="macro_f1") -> dict:
     """Fit on ``train`` rows, predict ``test`` rows. Runs in a worker process.
 
     ``val`` (the predefined protocol's validation rows): a nested search fits each
     candidate on ``train``, scores it on ``val`` (``PredefinedSplit``) and refits the
     best on ``train`` alone, so every row is fitted on the same images. ``estimator``:
-    the classifier built in the main process (a plugin's class is unknown to a worker)."""
+    the classifier built in the main process (a plugin's class is unknown to a worker);
+    ``metric`` (``protocol.metric``) scores the inner search's candidates."""
     with contextlib.suppress(Exception):
         import cv2
         cv2.setNumThreads(1)
@@ -105,7 +106,7 @@ def run_cell(X, y, groups, train, test, fold_stage, clf_spec, seed, n_classes, v
         raise DataError(f"{bad} training images have NaN or inf features",
                         "check the extractor on those images; constant or empty images can cause it")
     t0 = time.perf_counter()
-    fitted, best = _fit(pipe, X, Xtr, y, groups, train, val, clf_spec.get("search"), seed)
+    fitted, best = _fit(pipe, X, Xtr, y, groups, train, val, clf_spec.get("search"), seed, metric)
     fit_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     y_pred = fitted.predict(Xte)
@@ -216,7 +217,8 @@ def evaluate_cells(ctx, plan, groups=None, variant: str | None = None) -> list[C
     bar = ctx.progress(f"evaluate{' (' + variant + ')' if variant else ''}", len(todo)) if ctx.progress else None
     jobs = (delayed(safe_cell)(ctx.matrices[f.label].X, y, groups, s.train, s.test, f.fold_stage, c,
                                s.seed_or(cfg["seed"]), ctx.dataset.n_classes, getattr(s, "val", None),
-                               estimators[c["label"]]) for f, c, s, cid in todo)
+                               estimators[c["label"]], cfg["protocol"]["metric"])
+            for f, c, s, cid in todo)
     warned: dict = {}
     out = []
     try:

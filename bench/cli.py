@@ -130,10 +130,45 @@ def _attach_run_log(run_dir: Path) -> None:
     logging.getLogger("bench").addHandler(fh)
 
 
+# --------------------------------------------------------------------------- workers
+PARENT_POLL_S = 1.0
+
+
+def exit_with_parent(parent: int) -> None:
+    """Initializer of every loky worker (a direct child of ``parent``, the ``bench run``
+    process): a daemon thread ends the worker within :data:`PARENT_POLL_S` once it is no
+    longer that process's child (``kill -9`` of ``bench run``, even while the worker was
+    starting), instead of lingering for loky's idle timeout (300 s), busy or not."""
+    import threading
+    import time
+
+    def watch():
+        while True:
+            if os.getppid() != parent:
+                os._exit(1)
+            time.sleep(PARENT_POLL_S)
+    threading.Thread(target=watch, name="bench-exit-with-parent", daemon=True).start()
+
+
+def _workers_exit_with_parent() -> None:
+    """Make joblib's ``loky`` backend (the default of ``bench run``, also inside scikit-learn)
+    start its workers with :func:`exit_with_parent` (joblib's public backend registry)."""
+    from joblib import register_parallel_backend
+    from joblib._parallel_backends import LokyBackend
+
+    class ExitWithParentLoky(LokyBackend):
+        def configure(self, *args, **kwargs):
+            if "initializer" not in kwargs:
+                kwargs.update(initializer=exit_with_parent, initargs=(os.getpid(),))
+            return super().configure(*args, **kwargs)
+    register_parallel_backend("loky", ExitWithParentLoky)
+
+
 # --------------------------------------------------------------------------- commands
 def cmd_run(args) -> int:
     from . import engine
     from .config import load_config
+    _workers_exit_with_parent()
     cfg = load_config(args.config, args.overrides)
     if cfg["finetune"] or any(f["name"] in ("cnn", "concat") for f in cfg["features"]):
         from ._tf import quiet_import
@@ -150,9 +185,8 @@ def cmd_run(args) -> int:
 
 def _finish(ctx) -> int:
     """The leaderboard of the run's records (in memory), its folder and its report."""
-    from . import aggregate
     print()
-    print(aggregate.leaderboard_text(aggregate.summarize(ctx.records())))
+    print(_leaderboard(ctx.run_dir, ctx.records()))
     print(f"\nresults: {ctx.run_dir}")
     if ctx.report_paths:
         _print_report_paths(ctx.report_paths)
@@ -160,14 +194,13 @@ def _finish(ctx) -> int:
 
 
 def _run_suite(cfg: dict, args, base) -> int:
-    from . import aggregate, suite
+    from . import suite
     from .runfolder import RunFolder
     res = suite.run(cfg, progress=_progress_factory(args.quiet), new=args.new, on_run_dir=_attach_run_log,
                     base_dir=base)
     for label, run_dir in res.runs.items():
         print(f"\n{label}:")
-        summary = aggregate.summarize(RunFolder(run_dir).records())
-        print(aggregate.leaderboard_text(summary, max_rows=10))
+        print(_leaderboard(run_dir, RunFolder(run_dir).records(), max_rows=10))
     print(f"\nresults: {res.suite_dir}")
     if res.reports.get("suite"):
         _print_report_paths(res.reports["suite"])
@@ -177,6 +210,14 @@ def _run_suite(cfg: dict, args, base) -> int:
         print("hint: fix them and run the same command again: finished datasets are kept", file=sys.stderr)
         return 2
     return 0
+
+
+def _leaderboard(run_dir: Path, records: list, max_rows: int | None = None) -> str:
+    """The run's leaderboard (of ``records``, already read), ranked by its ``protocol.metric``."""
+    from . import aggregate
+    metric = aggregate.run_metric(run_dir)
+    summary = aggregate.summarize(records, metric)
+    return aggregate.leaderboard_text(summary, max_rows=max_rows, metric=metric)
 
 
 def _print_report_paths(paths: dict) -> None:
@@ -234,7 +275,7 @@ def cmd_report(args) -> int:
     from .runfolder import RunFolder
     records = RunFolder.open(run_dir).latest()  # read once, handed on
     aggregate.save_summary(run_dir, records)
-    print(aggregate.leaderboard_text(aggregate.summarize(records)))
+    print(_leaderboard(run_dir, records))
     _print_report_paths(report.build(run_dir, out, formats=formats, records=records))
     return 0
 
@@ -307,8 +348,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="command")
 
     def add(name, helptext):
-        return sub.add_parser(name, help=helptext, description=helptext, epilog=EXAMPLES[name],
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+        sp = sub.add_parser(name, help=helptext, description=helptext, epilog=EXAMPLES[name],
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+        # the global switches after the command too (SUPPRESS: an absent one keeps the global value)
+        sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+        sp.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS)
+        sp.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                        help="warnings and results only")
+        return sp
 
     r = add("run", "run (or resume) a benchmark")
     r.add_argument("--config", "-c", default=None,
@@ -361,9 +408,32 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# a user error without its own hint gets the one of its kind
+DEFAULT_HINTS = {
+    "ConfigError": "check the key in the pipeline file or the key=value override; "
+                   "`python -m bench run --help` shows examples",
+    "DataError": "check the dataset files named above; `python -m bench list datasets` shows the layouts",
+    "WeightsError": "check the weights file, or set on_missing_weights: random",
+    "PluginError": "fix the plugin file named above (a plugin file is Python code that bench runs)",
+    "ResultsError": "check the results/report folder named above (writable, not in use by another run)",
+}
+
+
+def parse_args(parser: argparse.ArgumentParser, argv) -> argparse.Namespace:
+    """Options anywhere: ``run`` takes ``key=value`` overrides before, between and after its
+    options (``run a=1 --no-report b=2``); anything else unknown is an error, as argparse says."""
+    args, extra = parser.parse_known_args(argv)
+    bad = [e for e in extra if e.startswith("-") or getattr(args, "command", None) != "run" or "=" not in e]
+    if bad:
+        parser.error(f"unrecognized arguments: {' '.join(bad)}")
+    if extra:
+        args.overrides = list(args.overrides) + extra
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
@@ -376,8 +446,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"error: {exc.message}", file=sys.stderr)
-        if exc.hint:
-            print(f"hint: {exc.hint}", file=sys.stderr)
+        hint = (exc.hint or "").strip() or DEFAULT_HINTS.get(type(exc).__name__) or \
+            "rerun with --debug for the traceback"
+        print(f"hint: {hint}", file=sys.stderr)
         return exc.exit_code
     except BrokenPipeError:  # e.g. `python -m bench list | head`
         with __import__("contextlib").suppress(Exception):

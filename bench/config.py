@@ -1,13 +1,23 @@
 """Run configuration: YAML pipeline files, dotted command-line overrides, validation.
 
-A pipeline file is plain YAML (see ``pipelines/default.yaml``). ``load_config``
-merges it over :data:`DEFAULTS`, applies ``key=value`` overrides (values parsed
-as YAML, so ``dataset.n_per_class=50`` gives an int and ``features=[hog,lbp]`` a
-list), normalises shorthand (``- hog`` becomes ``{name: hog}``) and validates
-every key: unknown keys, wrong types and bad values raise :class:`ConfigError`
-naming the key, the value and what is allowed, with a "did you mean".
-Component names and parameters (datasets, features, classifiers) are checked
-against the registries when the run builds them.
+A pipeline file is plain YAML (see ``pipelines/default.yaml``). Every key, its default
+and its allowed values are in one table, :data:`bench.schema.SCHEMA` (:data:`DEFAULTS`
+and :data:`CHOICES` are views of it). ``load_config`` merges the file over the
+defaults, applies ``key=value`` overrides (values parsed as YAML, so
+``dataset.n_per_class=50`` gives an int and ``features=[hog,lbp]`` a list), normalises
+shorthand (``- hog`` becomes ``{name: hog}``) and validates every key: unknown keys,
+wrong types and bad values raise :class:`ConfigError` naming the key, the value and
+what is allowed, with a "did you mean" (:func:`bench.errors.did_you_mean`).
+
+Overrides merge key by key and do not depend on their order: a section given as a
+mapping (``protocol={kind: holdout}``) merges into the section, a more specific key
+(``protocol.n_splits=3``) wins over a mapping that also sets it, and a new
+``dataset.kind`` drops the parameters of the file's (or default) dataset but keeps every
+``dataset.*`` given on the command line, before or after it. The same key twice: the
+last one wins.
+
+Component names and parameters (features, classifiers) are checked against the
+registries by :func:`check_components` before a run creates its folder.
 
 Suites: ``datasets:`` (a list; each entry a dataset block, or a dataset kind, with its
 own optional ``prepare``, ``protocol`` and ``label``) replaces ``dataset:``. Validation
@@ -20,61 +30,28 @@ label, and ``bench.suite.run`` hands each to ``bench.engine.run``.
 from __future__ import annotations
 
 import copy
-import difflib
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .errors import ConfigError
+from . import schema
+from .errors import ConfigError, did_you_mean
 
-DEFAULTS: dict[str, Any] = {
-    "name": "run",
-    "seed": 0,
-    "plugins": [],
-    "dataset": {"kind": "synthetic-parcel"},
-    "datasets": None,
-    "prepare": {"color": "keep", "size": None, "depth_range": None, "interpolation": "area",
-                "crop": None},
-    "features": [],
-    "classifiers": [],
-    "protocol": {"kind": "kfold", "n_splits": 5, "n_repeats": 1, "test_size": 0.25,
-                 "group": "auto", "leak_check": False, "metric": "macro_f1"},
-    "finetune": [],
-    "parallel": {"n_jobs": -1, "backend": "loky", "address": None, "chunk_size": 32},
-    "cache": {"enabled": True, "dir": None},
-    "output": {"results_dir": "results", "reports_dir": "reports", "run_id": None,
-               "formats": ["html", "pdf"]},
-    "report": {"gallery": 12, "tsne": True, "learning_curves": True, "retrieval": True,
-               "explain": True, "analysis_budget_s": 120},
-    "count": None,
-    "on_missing_weights": "random",
-    "on_bad_image": None,
-    "offline": False,
-}
-
-# allowed values for enumerated keys
-CHOICES = {
-    "prepare.color": ("keep", "gray", "rgb"),
-    "prepare.interpolation": ("area", "linear", "nearest", "cubic"),
-    "protocol.kind": ("kfold", "holdout", "predefined"),
-    "protocol.group": ("auto", True, False),
-    "protocol.metric": ("accuracy", "balanced_accuracy", "macro_f1"),
-    "parallel.backend": ("loky", "threading", "sequential", "dask"),
-    "on_missing_weights": ("random", "error"),
-    "on_bad_image": (None, "error", "skip"),
-}
+SECTIONS = ("prepare", "protocol", "parallel", "cache", "output", "report")  # mappings of fixed keys
+DEFAULTS: dict[str, Any] = {k: (schema.defaults(k) if k in SECTIONS else copy.deepcopy(v.default))
+                            for k, v in schema.SCHEMA[""].items()}
+# allowed values of the enumerated single-valued keys, "section.key" (output.formats is a list)
+CHOICES = {(f"{sec}.{k}" if sec else k): key.allowed
+           for sec in ("", *SECTIONS) for k, key in schema.SCHEMA[sec].items()
+           if key.allowed is not None and (sec, k) != ("output", "formats")}
 
 FEATURE_KEYS = ("name", "label", "params", "prepare")
 SUITE_ENTRY_KEYS = ("prepare", "protocol", "label")  # besides the dataset block's own keys
 CLASSIFIER_KEYS = ("name", "label", "params", "search")
-
-
-def _did_you_mean(word: str, options) -> str:
-    close = difflib.get_close_matches(str(word), [str(o) for o in options], n=1, cutoff=0.6)
-    return f"did you mean {close[0]!r}? " if close else ""
 
 
 def _merge(base: dict, over: dict, path: str = "") -> dict:
@@ -108,7 +85,17 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
+def _update(dst: dict, src: dict) -> None:
+    """Merge ``src`` into ``dst`` key by key (nested mappings too; anything else replaces)."""
+    for key, value in src.items():
+        if isinstance(value, dict) and isinstance(dst.get(key), dict):
+            _update(dst[key], value)
+        else:
+            dst[key] = copy.deepcopy(value)
+
+
 def apply_override(cfg: dict, parts: list[str], value: Any) -> None:
+    """Set the dotted key ``parts`` to ``value``; a mapping merges into a mapping per key."""
     node: Any = cfg
     for i, part in enumerate(parts[:-1]):
         where = ".".join(parts[: i + 1])
@@ -120,7 +107,8 @@ def apply_override(cfg: dict, parts: list[str], value: Any) -> None:
                                   f"the list has {len(node)} entries") from None
             continue
         if not isinstance(node, dict):
-            raise ConfigError(f"override {'.'.join(parts)}: {'.'.join(parts[:i])} is not a section")
+            raise ConfigError(f"override {'.'.join(parts)}: {'.'.join(parts[:i])} is not a section",
+                              f"{'.'.join(parts[:i])} holds a single value; set it directly")
         if node.get(part) is None:
             node[part] = {}
         node = node[part]
@@ -129,11 +117,25 @@ def apply_override(cfg: dict, parts: list[str], value: Any) -> None:
         try:
             node[int(last)] = value
         except (ValueError, IndexError):
-            raise ConfigError(f"override {'.'.join(parts)}: not a valid list index") from None
+            raise ConfigError(f"override {'.'.join(parts)}: not a valid list index",
+                              f"the list has {len(node)} entries, numbered from 0") from None
     elif isinstance(node, dict):
-        node[last] = value
+        if isinstance(value, dict) and isinstance(node.get(last), dict):
+            _update(node[last], value)
+        else:
+            node[last] = value
     else:
-        raise ConfigError(f"override {'.'.join(parts)}: parent is not a section")
+        raise ConfigError(f"override {'.'.join(parts)}: {'.'.join(parts[:-1])} is not a section",
+                          f"{'.'.join(parts[:-1])} holds a single value; set it directly")
+
+
+def check_folder_name(key: str, value) -> None:
+    """``value`` must be one plain folder name: a run folder ``results_dir/<name>-<hash>`` never
+    lands outside ``results_dir`` (no ``/`` or ``\\``, not ``.`` or ``..``, no leading dot)."""
+    if not isinstance(value, str) or not value or re.search(r"[/\\\0]", value) or value.startswith(".") \
+            or value.strip() != value:
+        raise ConfigError(f"{key}: {value!r} is not a plain folder name",
+                          f"use letters, digits, '-', '_' and '.', no path separators, e.g. {key}=my-run")
 
 
 def _type_error(key, value, expected, hint=None):
@@ -153,7 +155,7 @@ def _check_choice(key, value, allowed=None):
     if value not in allowed:
         shown = ", ".join("null" if a is None else str(a).lower() if isinstance(a, bool) else str(a)
                           for a in allowed)
-        raise ConfigError(f"{key}: {value!r} is not one of {shown}", _did_you_mean(value, allowed) +
+        raise ConfigError(f"{key}: {value!r} is not one of {shown}", did_you_mean(value, allowed) +
                           f"allowed: {shown}")
 
 
@@ -161,7 +163,7 @@ def _check_keys(section: str, given: dict, allowed) -> None:
     for key in given:
         if key not in allowed:
             where = f"{section}.{key}" if section else key
-            raise ConfigError(f"unknown key {where!r}", _did_you_mean(key, allowed) +
+            raise ConfigError(f"unknown key {where!r}", did_you_mean(key, allowed) +
                               f"allowed{' in ' + section if section else ''}: {', '.join(map(str, allowed))}")
 
 
@@ -297,8 +299,7 @@ def validate(cfg: dict) -> dict:
     if cfg.get("datasets") is not None:
         return _validate_suite(cfg)
     cfg = copy.deepcopy(cfg)
-    if not isinstance(cfg["name"], str) or not cfg["name"]:
-        raise _type_error("name", cfg["name"], "a non-empty string")
+    check_folder_name("name", cfg["name"])
     _check_int("seed", cfg["seed"], 0)
     plugins = cfg["plugins"] or []
     if isinstance(plugins, str):
@@ -324,7 +325,7 @@ def validate(cfg: dict) -> dict:
         raise ConfigError("features are given but no classifiers",
                           "add e.g. classifiers: [svm, random_forest] (see `python -m bench list classifiers`)")
 
-    for section in ("protocol", "parallel", "cache", "output", "report"):
+    for section in SECTIONS[1:]:  # prepare: above
         value = cfg[section]
         if value is None:
             value = {}
@@ -359,12 +360,12 @@ def validate(cfg: dict) -> dict:
     fmts = out["formats"]
     if isinstance(fmts, str):
         fmts = [s.strip() for s in fmts.split(",") if s.strip()]
-    if not isinstance(fmts, list) or any(f not in ("html", "pdf") for f in fmts):
-        raise _type_error("output.formats", out["formats"], "a list from html, pdf")
+    formats = schema.allowed("output", "formats")
+    if not isinstance(fmts, list) or any(f not in formats for f in fmts):
+        raise _type_error("output.formats", out["formats"], f"a list from {', '.join(formats)}")
     out["formats"] = fmts
-    if out["run_id"] is not None and (not isinstance(out["run_id"], str) or "/" in out["run_id"]
-                                      or out["run_id"] in (".", "..")):
-        raise _type_error("output.run_id", out["run_id"], "a folder name without '/'")
+    if out["run_id"] is not None:
+        check_folder_name("output.run_id", out["run_id"])
     rep = cfg["report"]
     if isinstance(rep["gallery"], bool) or not isinstance(rep["gallery"], int) or rep["gallery"] < 0:
         raise _type_error("report.gallery", rep["gallery"], "a number of images >= 0")
@@ -402,9 +403,90 @@ def validate(cfg: dict) -> dict:
     if cfg["count"] is not None:
         if not isinstance(cfg["count"], dict):
             raise _type_error("count", cfg["count"], "null or a mapping")
-        from .counting import SPEC_KEYS
-        _check_keys("count", cfg["count"], SPEC_KEYS)
+        _check_keys("count", cfg["count"], schema.keys("count"))
     return cfg
+
+
+def apply_overrides(cfg: dict, overrides: list[str]) -> bool:
+    """Apply ``key=value`` overrides to ``cfg`` in place, independently of their order (module
+    docstring): shallower keys first, so a more specific key wins; a new dataset kind first
+    drops the base dataset's parameters. Returns whether any override names ``dataset``."""
+    parsed = []
+    for text in overrides:
+        parts, value = parse_override(text)
+        if parts[0] not in DEFAULTS:
+            raise ConfigError(f"unknown key {parts[0]!r} in override {text!r}",
+                              did_you_mean(parts[0], DEFAULTS) + f"allowed: {', '.join(DEFAULTS)}")
+        parsed.append((parts, value))
+    parsed.sort(key=lambda pv: len(pv[0]))  # stable: the same key twice, the last one wins
+    kinds = [v.get("kind") if p == ["dataset"] and isinstance(v, dict) else v
+             for p, v in parsed if p == ["dataset", "kind"] or (p == ["dataset"] and isinstance(v, dict)
+                                                                and "kind" in v)]
+    base = cfg.get("dataset")
+    if kinds and (not isinstance(base, dict) or kinds[-1] != base.get("kind")):
+        cfg["dataset"] = {"kind": kinds[-1]}  # a new dataset kind starts from its own defaults
+    for parts, value in parsed:
+        apply_override(cfg, parts, value)
+    return any(p[0] == "dataset" for p, _ in parsed)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _numbers(v) -> bool:
+    return _is_number(v) or (isinstance(v, (list, tuple)) and len(v) > 0 and all(_is_number(x) for x in v))
+
+
+def _check_param_types(factory, params: dict, where: str) -> None:
+    """A parameter whose default is a flag takes true/false; one whose default is a number (or a
+    list of numbers) takes a number or a list of numbers. Other defaults are not judged here."""
+    import inspect
+    try:
+        sig = inspect.signature(factory)
+    except (TypeError, ValueError):  # pragma: no cover - builtins
+        return
+    for key, value in params.items():
+        p = sig.parameters.get(key)
+        if p is None or value is None or p.default is p.empty or p.default is None:
+            continue
+        d = p.default
+        if isinstance(d, bool):
+            ok, expected = isinstance(value, bool), "true or false"
+        elif _numbers(d):
+            ok, expected = _numbers(value), "a number or a list of numbers"
+        else:
+            continue
+        if not ok:
+            raise ConfigError(f"{where}.params.{key}: expected {expected} (the default is {d!r}), "
+                              f"got {value!r} ({type(value).__name__})",
+                              f"e.g. {key}: {json.dumps(list(d) if isinstance(d, tuple) else d)}")
+
+
+def check_components(cfg: dict) -> None:
+    """Check the features and classifiers of a validated config against the registries before any
+    work (so a typo leaves no half-made run folder): each name registered, each parameter one the
+    component takes and of its default's type (:func:`_check_param_types`), each extractor's own
+    ``check_params()``, each ``search`` key a classifier parameter. Call after the plugins load."""
+    from .registry import CLASSIFIERS, FEATURES
+    for i, spec in enumerate(cfg.get("features") or []):
+        where = f"features[{i}] ({spec['label']})"
+        _check_param_types(FEATURES.get(spec["name"], where=f"features[{i}]"), spec["params"], where)
+        extractor = FEATURES.create(spec["name"], where=where, **spec["params"])
+        try:
+            extractor.check_params() if hasattr(extractor, "check_params") else None
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{where}: bad parameter value in {spec['params']}: {exc}",
+                              f"see the parameters of {spec['name']!r}: `python -m bench list features`") from None
+    for i, spec in enumerate(cfg.get("classifiers") or []):
+        where = f"classifiers[{i}] ({spec['label']})"
+        factory = CLASSIFIERS.get(spec["name"], where=f"classifiers[{i}]")
+        _check_param_types(factory, spec["params"], where)
+        CLASSIFIERS.create(spec["name"], where=where, **spec["params"])
+        for key, values in (spec.get("search") or {}).items():
+            CLASSIFIERS.create(spec["name"], where=f"{where}.search", **{key: values[0]})
+            for v in values:
+                _check_param_types(factory, {key: v}, f"{where}.search")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> dict:
@@ -431,18 +513,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
                               "see pipelines/default.yaml for the layout")
         _check_keys("", raw, DEFAULTS.keys())
     cfg = _merge(DEFAULTS, raw)
-    dataset_given = "dataset" in raw
-    for text in overrides or []:
-        parts, value = parse_override(text)
-        if parts[0] not in DEFAULTS:
-            raise ConfigError(f"unknown key {parts[0]!r} in override {text!r}",
-                              _did_you_mean(parts[0], DEFAULTS) + f"allowed: {', '.join(DEFAULTS)}")
-        dataset_given = dataset_given or parts[0] == "dataset"
-        if parts[0] == "dataset" and len(parts) == 2 and parts[1] == "kind" \
-                and (not isinstance(cfg.get("dataset"), dict) or value != cfg["dataset"].get("kind")):
-            cfg["dataset"] = {"kind": value}  # a new dataset kind starts from its own defaults
-            continue
-        apply_override(cfg, parts, value)
+    dataset_given = apply_overrides(cfg, overrides or []) or "dataset" in raw
     if dataset_given and cfg.get("datasets") is not None:
         raise ConfigError("both 'dataset' and 'datasets' are given",
                           "a suite lists its datasets under 'datasets:' only; drop 'dataset' "

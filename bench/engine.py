@@ -26,7 +26,7 @@ from .cache import FeatureCache
 from .cells import evaluate_cells, finetune_rows
 from .cells import run_cell  # noqa: F401  (kept importable from here)
 from .components import load_components
-from .config import config_hash, dump
+from .config import check_components, config_hash, dump
 from .context import Progress, RunContext
 from .data.base import suggest_prepare
 from .errors import BenchError, ConfigError, ResultsError
@@ -53,7 +53,9 @@ def resolve_components(cfg: dict, base_dir: Path | None = None) -> list[str]:
         raise ConfigError("this config is a suite (datasets: [...]); bench.engine.run takes one dataset",
                           "run it with `python -m bench run` or bench.suite.run")
     load_components()
-    return load_plugins(cfg["plugins"], base_dir)
+    plugins = load_plugins(cfg["plugins"], base_dir)
+    check_components(cfg)  # names and parameter types, before the run folder exists
+    return plugins
 
 
 def resolve_run_dir(cfg: dict, new: bool = False) -> Path:

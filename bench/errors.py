@@ -7,6 +7,16 @@ user input (a file, a config field, a value) rather than a bug.
 """
 from __future__ import annotations
 
+import difflib
+from typing import Iterable
+
+
+def did_you_mean(word, options: Iterable, cutoff: float = 0.6) -> str:
+    """``"did you mean 'x'? "`` for the option closest to ``word`` (a trailing space, so a
+    hint can go on), or ``""`` when nothing is close. The one "did you mean" of bench."""
+    close = difflib.get_close_matches(str(word), [str(o) for o in options], n=1, cutoff=cutoff)
+    return f"did you mean {close[0]!r}? " if close else ""
+
 
 class BenchError(Exception):
     """Base class: a message and a hint saying what to do."""

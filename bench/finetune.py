@@ -39,8 +39,8 @@ Protocol (what makes these rows comparable with the feature rows)
   BatchNorm statistics from the training part (:func:`recalibrate_batchnorm`);
   without them a frozen random network outputs near-constant features.
 
-Spec fields (defaults in ``_DEFAULTS`` / ``_COMMON``)
------------------------------------------------------
+Spec fields (defaults: the ``finetune`` sections of :data:`bench.schema.SCHEMA`)
+-------------------------------------------------------------------------------
 ``label``, ``mode``; ``backbone``, ``weights`` (``imagenet`` | ``random`` | file),
 ``input_size`` (square side; scratch 64, backbones 96), ``epochs``, ``lr``,
 ``batch_size``, ``patience`` (early stopping on ``val_loss``; the learning rate halves
@@ -66,7 +66,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import difflib
 import hashlib
 import json
 import logging
@@ -80,32 +79,18 @@ from pathlib import Path
 import numpy as np
 
 from . import augment as _augment
-from .errors import ConfigError, DataError
+from . import schema
+from .errors import ConfigError, DataError, did_you_mean
 from .imaging import resize, to_gray, to_rgb_u8, to_uint8
 
 logger = logging.getLogger(__name__)
 
-MODES = ("transfer", "finetune", "scratch")
+MODES = schema.FINETUNE_MODES
 VERSION = "1"  # bump when the training procedure changes, so done.json folders are redone
 ENGINE_KEYS = ("folds",)  # read by the engine, accepted and ignored here
 
-_DEFAULTS = {
-    "scratch": {"input_size": 64, "epochs": 30, "lr": 3e-3, "dropout": 0.3,
-                "filters": [16, 32, 64, 128], "patience": 8},
-    "transfer": {"input_size": 96, "epochs": 20, "lr": 1e-3, "dropout": 0.2, "patience": 4,
-                 "weights": "imagenet"},
-    "finetune": {"input_size": 96, "epochs": 20, "lr": 1e-3, "dropout": 0.2, "patience": 4,
-                 "weights": "imagenet", "finetune_epochs": 10},
-}
-_COMMON = {"batch_size": 32, "augment": "default", "mixup": 0.0, "tta": 0,
-           "val_fraction": 0.15, "class_weight": None, "depth_range": "minmax"}
-_KEYS = {"label", "mode", "backbone", "input_size", "epochs", "finetune_epochs", "unfreeze_blocks",
-         "unfreeze_layers", "lr", "finetune_lr", "batch_size", "augment", "mixup", "tta",
-         "val_fraction", "patience", "class_weight", "weights", "depth_range", "dropout",
-         "filters", *ENGINE_KEYS}
-_ONLY = {"backbone": ("transfer", "finetune"), "weights": ("transfer", "finetune"),
-         "finetune_epochs": ("finetune",), "unfreeze_blocks": ("finetune",),
-         "unfreeze_layers": ("finetune",), "finetune_lr": ("finetune",), "filters": ("scratch",)}
+_KEYS = set(schema.keys("finetune"))  # defaults and keys: the "finetune" sections of bench.schema
+_ONLY = schema.finetune_only()
 
 
 # ----------------------------------------------------------------------------------
@@ -132,11 +117,6 @@ def resolve_weights(backbone, weights, input_size: int, on_missing: str, seed: i
 # ----------------------------------------------------------------------------------
 # spec validation
 # ----------------------------------------------------------------------------------
-def _hint(value, options) -> str:
-    close = difflib.get_close_matches(str(value), [str(o) for o in options], n=1)
-    return f"did you mean {close[0]!r}?" if close else ""
-
-
 def _check_number(spec, key, where, *, kind=float, lo=None, hi=None, lo_open=False):
     value = spec[key]
     ok = not isinstance(value, bool) and isinstance(value, (int, float) if kind is float else int)
@@ -163,18 +143,17 @@ def validate_spec(spec: dict, where: str = "finetune") -> dict:
     for key in spec:
         if key not in _KEYS:
             raise ConfigError(f"{where}.{key}: unknown field",
-                              (_hint(key, sorted(_KEYS)) + " ").lstrip()
+                              did_you_mean(key, sorted(_KEYS))
                               + f"allowed: {', '.join(sorted(_KEYS))}")
     mode = spec.get("mode")
     if mode not in MODES:
         raise ConfigError(f"{where}.mode: {mode!r} is not one of {', '.join(MODES)}",
-                          _hint(mode, MODES) or "mode is required")
+                          did_you_mean(mode, MODES).strip() or "mode is required")
     for key, modes in _ONLY.items():
         if key in spec and mode not in modes:
             raise ConfigError(f"{where}.{key}: not used by mode {mode!r}",
                               f"{key} applies to mode {' / '.join(modes)}")
-    out = dict(_COMMON)
-    out.update(copy.deepcopy(_DEFAULTS[mode]))
+    out = schema.finetune_defaults(mode)
     out.update(copy.deepcopy(spec))
     if mode == "scratch":
         out.setdefault("label", "scratch-cnn")
@@ -196,7 +175,7 @@ def validate_spec(spec: dict, where: str = "finetune") -> dict:
     _check_number(out, "dropout", where, lo=0, hi=0.95)
     if out["class_weight"] not in (None, "balanced"):
         raise ConfigError(f"{where}.class_weight: {out['class_weight']!r} is not one of balanced, null",
-                          _hint(out["class_weight"], ["balanced"]))
+                          did_you_mean(out["class_weight"], ["balanced"]) + "allowed: balanced, null")
     dr = out["depth_range"]
     if dr != "minmax" and not (isinstance(dr, (list, tuple)) and len(dr) == 2
                                and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in dr)
@@ -231,7 +210,7 @@ def validate_spec(spec: dict, where: str = "finetune") -> dict:
         if "unfreeze_blocks" in out and "unfreeze_layers" in out:
             raise ConfigError(f"{where}: give unfreeze_blocks or unfreeze_layers, not both")
         if "unfreeze_layers" not in out:
-            out.setdefault("unfreeze_blocks", 2)
+            out.setdefault("unfreeze_blocks", schema.SCHEMA["finetune.finetune"]["unfreeze_blocks"].default)
             _check_number(out, "unfreeze_blocks", where, kind=int, lo=1)
         else:
             _check_number(out, "unfreeze_layers", where, kind=int, lo=1)

@@ -114,15 +114,19 @@ def check_dataset_for_protocol(labels: np.ndarray, class_names, protocol: dict, 
         small = [(str(class_names[i]), int(c)) for i, c in enumerate(counts) if 0 < c < k]
         if small:
             names = ", ".join(f"{n} ({c})" for n, c in small[:5])
+            fewest = min(c for _, c in small)
             raise DataError(f"protocol.n_splits={k} but some classes have fewer images: {names}",
-                            f"lower protocol.n_splits to {max(2, min(c for _, c in small))} "
-                            "or add images to those classes")
+                            f"lower protocol.n_splits to {fewest} or add images to those classes"
+                            if fewest >= 2 else  # n_splits is at least 2 already
+                            "a class needs at least 2 images (one to train, one to test): add images "
+                            "to those classes or remove them from the dataset")
         if groups is not None and use_groups(protocol, groups):
             n_groups = len(np.unique(groups))
             if n_groups < k:
                 raise DataError(f"grouped splits need at least n_splits={k} groups, "
                                 f"the dataset has {n_groups}",
-                                f"lower protocol.n_splits to {n_groups} or set protocol.group: false")
+                                f"lower protocol.n_splits to {n_groups} or set protocol.group: false"
+                                if n_groups >= 2 else "set protocol.group: false (one group cannot be split)")
 
 
 def _check_predefined(labels, class_names, split, groups) -> None:
@@ -216,6 +220,10 @@ def make_splits(labels: np.ndarray, protocol: dict, seed: int, groups=None,
     if n_rep > 1:
         name += f" x {n_rep} repeats"
     return SplitPlan(name, grouped, n_splits, n_rep, splits, kind=protocol["kind"])
+
+
+# protocol.metric -> the scikit-learn scorer of a classifier's inner search (the same metric)
+SEARCH_SCORING = {"accuracy": "accuracy", "balanced_accuracy": "balanced_accuracy", "macro_f1": "f1_macro"}
 
 
 def score(y_true, y_pred) -> dict:

@@ -14,13 +14,12 @@ Duplicate names are rejected, unknown names get a "did you mean" hint, and
 """
 from __future__ import annotations
 
-import difflib
 import fnmatch
 import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
-from .errors import ConfigError
+from .errors import ConfigError, did_you_mean
 
 
 @dataclass
@@ -77,8 +76,7 @@ class Registry:
         try:
             return self._entries[name]
         except KeyError:
-            close = difflib.get_close_matches(str(name), self.names(), n=1)
-            hint = (f"did you mean {close[0]!r}? " if close else "") + \
+            hint = did_you_mean(name, self.names()) + \
                 f"known {self.axis}: {', '.join(self.names())}; see `python -m bench list {self.axis}`"
             loc = f" in {where}" if where else ""
             raise ConfigError(f"unknown {self.axis[:-1] if self.axis.endswith('s') else self.axis} "
@@ -99,12 +97,10 @@ class Registry:
             allowed = [p for p in sig.parameters if p not in ("self",)]
             for key in params:
                 if key not in sig.parameters and not accepts_kwargs:
-                    close = difflib.get_close_matches(key, allowed, n=1)
                     loc = f" ({where})" if where else ""
                     raise ConfigError(
                         f"{self.axis[:-1]} {name!r} has no parameter {key!r}{loc}",
-                        (f"did you mean {close[0]!r}? " if close else "")
-                        + f"allowed: {', '.join(allowed) or '(none)'}")
+                        did_you_mean(key, allowed) + f"allowed: {', '.join(allowed) or '(none)'}")
         return obj(**params)
 
 

@@ -43,40 +43,37 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from ..errors import ConfigError
+from .. import schema
+from ..errors import ConfigError, did_you_mean
 from .tiles import SceneColour, check_normalize, tile_targets
 
 log = logging.getLogger(__name__)
 
-CNN_KEYS = ("label", "tile", "downsample", "stem", "filters", "steps", "batch_size", "lr", "loss", "sigma",
-            "normalize", "jitter", "augment", "predict_tile", "positive")
-LOSSES = ("poisson", "mse")
+CNN_KEYS = schema.keys("count.cnn")  # keys and defaults: the "count.cnn" section of bench.schema
+LOSSES = schema.allowed("count.cnn", "loss")
 
 
 def cnn_options(spec, patch_size: int) -> list[dict]:
     """Validated CNN counter specs (one per entry of ``count.cnn``)."""
-    import difflib
-
     items = spec if isinstance(spec, list) else [spec or {}]
     out = []
     for item in items:
         item = dict(item or {})
+        d = schema.defaults("count.cnn")  # tile and sigma: DERIVED from the patch size
         for k in item:
             if k not in CNN_KEYS:
-                close = difflib.get_close_matches(str(k), CNN_KEYS, n=1)
                 raise ConfigError(f"unknown key 'count.cnn.{k}'",
-                                  (f"did you mean {close[0]!r}? " if close else "")
-                                  + f"allowed: {', '.join(CNN_KEYS)}")
-        o = {"label": str(item.get("label", "count-cnn")), "tile": int(item.get("tile", 2 * patch_size)),
-             "downsample": int(item.get("downsample", 1)), "stem": int(item.get("stem", 2)),
-             "filters": [int(f) for f in item.get("filters", [16, 32, 32])],
-             "steps": int(item.get("steps", 1000)), "batch_size": int(item.get("batch_size", 32)),
-             "lr": float(item.get("lr", 2e-3)), "loss": str(item.get("loss", "poisson")),
-             "sigma": float(item.get("sigma", max(1.0, patch_size / 8))),
-             "normalize": check_normalize(item.get("normalize", "none"), "count.cnn.normalize"),
-             "jitter": float(item.get("jitter", 0.1)), "augment": bool(item.get("augment", True)),
-             "predict_tile": int(item.get("predict_tile", 512)),
-             "positive": float(item.get("positive", 0.0))}
+                                  did_you_mean(k, CNN_KEYS) + f"allowed: {', '.join(CNN_KEYS)}")
+        d.update(item)
+        o = {"label": str(d["label"]), "tile": int(d.get("tile", 2 * patch_size)),
+             "downsample": int(d["downsample"]), "stem": int(d["stem"]),
+             "filters": [int(f) for f in d["filters"]],
+             "steps": int(d["steps"]), "batch_size": int(d["batch_size"]),
+             "lr": float(d["lr"]), "loss": str(d["loss"]),
+             "sigma": float(d.get("sigma", max(1.0, patch_size / 8))),
+             "normalize": check_normalize(d["normalize"], "count.cnn.normalize"),
+             "jitter": float(d["jitter"]), "augment": bool(d["augment"]),
+             "predict_tile": int(d["predict_tile"]), "positive": float(d["positive"])}
         if o["loss"] not in LOSSES:
             raise ConfigError(f"count.cnn.loss: unknown loss {o['loss']!r}", f"one of {', '.join(LOSSES)}")
         cell = o["downsample"] * o["stem"] * 2 ** len(o["filters"])

@@ -16,7 +16,6 @@ Reports are rebuilt from these files.
 """
 from __future__ import annotations
 
-import difflib
 import logging
 import time
 from collections import OrderedDict
@@ -26,18 +25,18 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 
-from ..errors import ConfigError
+from .. import schema
+from ..errors import ConfigError, did_you_mean
 from .evaluate import count_errors, true_counts
 from .windows import WINDOW_METHODS, count_windows_cell
 
 log = logging.getLogger(__name__)
 
-METHODS = WINDOW_METHODS + ("regression", "cnn")
+METHODS = schema.allowed("count", "method")  # the window methods, then regression and cnn
 BASELINE = "baseline: train mean"
-SPEC_KEYS = ("features", "classifier", "splits", "method", "stride", "threshold", "min_distance",
-             "mine_negatives", "mine_per_scene", "batch_size", "metric", "regression", "cnn")
-REGRESSION_KEYS = ("features", "regressors", "tile", "target", "sigma", "normalize", "jitter",
-                   "copies", "inner_splits")
+SPEC_KEYS = schema.keys("count")  # keys and defaults: the "count" sections of bench.schema
+REGRESSION_KEYS = schema.keys("count.regression")
+_SPEC, _REGRESSION = schema.defaults("count"), schema.defaults("count.regression")
 COUNT_COLUMNS = ["image", "class", "true", "predicted", "feature", "classifier", "split", "method",
                  "threshold", "variant"]
 
@@ -68,7 +67,7 @@ def choose_cells(ctx, spec: Mapping) -> list[tuple[str, str]]:
     a classifier label, or absent for the best classifier of each feature. Without
     records, the context's first classifier (``ctx.classifier_labels``) is used.
     """
-    metric = spec.get("metric", "balanced_accuracy")
+    metric = spec.get("metric", _SPEC["metric"])
     feats = spec.get("features")
     clf = spec.get("classifier")
     if isinstance(feats, str):
@@ -116,10 +115,8 @@ def choose_cells(ctx, spec: Mapping) -> list[tuple[str, str]]:
 def _check_keys(where: str, spec: Mapping, allowed) -> None:
     for key in spec:
         if key not in allowed:
-            close = difflib.get_close_matches(str(key), allowed, n=1)
             raise ConfigError(f"unknown key '{where}.{key}'",
-                              (f"did you mean {close[0]!r}? " if close else "")
-                              + f"allowed in {where}: {', '.join(allowed)}")
+                              did_you_mean(key, allowed) + f"allowed in {where}: {', '.join(allowed)}")
 
 
 def _as_list(v):
@@ -128,29 +125,28 @@ def _as_list(v):
 
 def _counting_options(spec: Mapping, patch_size: int) -> dict:
     _check_keys("count", spec, SPEC_KEYS)
-    methods = _as_list(spec.get("method", "nms"))
+    methods = _as_list(spec.get("method", _SPEC["method"]))
     for m in methods:
         if m not in METHODS:
-            close = difflib.get_close_matches(str(m), METHODS, n=1)
             raise ConfigError(f"count.method: unknown method {m!r}",
-                              (f"did you mean {close[0]!r}? " if close else "") + f"one of {', '.join(METHODS)}")
-    threshold = spec.get("threshold", 0.5)
+                              did_you_mean(m, METHODS) + f"one of {', '.join(METHODS)}")
+    threshold = spec.get("threshold", _SPEC["threshold"])
     if threshold != "auto":
         try:
             threshold = float(threshold)
         except (TypeError, ValueError):
             raise ConfigError(f"count.threshold: expected a number in [0, 1] or 'auto', got "
                               f"{threshold!r}", "e.g. threshold: 0.5 or threshold: auto") from None
-    splits = _as_list(spec.get("splits", [0]))
-    mine = spec.get("mine_negatives", 0)
+    splits = _as_list(spec.get("splits", _SPEC["splits"]))
+    mine = spec.get("mine_negatives", _SPEC["mine_negatives"])
     if isinstance(mine, bool) or not isinstance(mine, int) or mine < 0:
         raise ConfigError(f"count.mine_negatives: expected an integer >= 0, got {mine!r}",
                           "rounds of hard-negative mining on the training scenes, e.g. 1")
     windows = [m for m in methods if m in WINDOW_METHODS]
     return {"methods": methods, "window_methods": windows, "threshold": threshold, "splits": splits,
             "stride": int(spec.get("stride") or max(1, patch_size // 4)),
-            "min_distance": spec.get("min_distance"), "batch_size": int(spec.get("batch_size", 512)),
-            "mine_negatives": mine, "mine_per_scene": int(spec.get("mine_per_scene", 100)),
+            "min_distance": spec.get("min_distance"), "batch_size": int(spec.get("batch_size", _SPEC["batch_size"])),
+            "mine_negatives": mine, "mine_per_scene": int(spec.get("mine_per_scene", _SPEC["mine_per_scene"])),
             "patch_size": patch_size,
             "calibrate": "aggregate" in windows or (threshold == "auto" and "nms" in windows),
             "regression": [_regression_options(b, patch_size) for b in
@@ -168,20 +164,20 @@ def _regression_options(spec, patch_size: int) -> dict:
 
     spec = dict(spec or {})
     _check_keys("count.regression", spec, REGRESSION_KEYS)
-    target = spec.get("target", "points")
+    target = spec.get("target", _REGRESSION["target"])
     if target not in TARGETS:
         raise ConfigError(f"count.regression.target: unknown target {target!r}", f"one of {', '.join(TARGETS)}")
     sigma = float(spec.get("sigma", max(1.0, patch_size / 8)))
     tiles = [_positive_int(t, "count.regression.tile") for t in _as_list(spec.get("tile", 2 * patch_size))]
-    norms = [check_normalize(n) for n in _as_list(spec.get("normalize", "none"))]
-    jitters = [_fraction(j, "count.regression.jitter") for j in _as_list(spec.get("jitter", 0.0))]
-    copies = _positive_int(spec.get("copies", 1), "count.regression.copies")
+    norms = [check_normalize(n) for n in _as_list(spec.get("normalize", _REGRESSION["normalize"]))]
+    jitters = [_fraction(j, "count.regression.jitter") for j in _as_list(spec.get("jitter", _REGRESSION["jitter"]))]
+    copies = _positive_int(spec.get("copies", _REGRESSION["copies"]), "count.regression.copies")
     variants = [Variant(t, n, j, copies, target, sigma) for t in tiles for n in norms for j in jitters]
     feats = spec.get("features")
     return {"features": [feats] if isinstance(feats, str) else (list(feats) if feats else None),
-            "regressors": regressor_specs(spec.get("regressors", ["ridge", "poisson", "random_forest"])),
+            "regressors": regressor_specs(spec.get("regressors", _REGRESSION["regressors"])),
             "variants": variants,
-            "inner_splits": _positive_int(spec.get("inner_splits", 3), "count.regression.inner_splits")}
+            "inner_splits": _positive_int(spec.get("inner_splits", _REGRESSION["inner_splits"]), "count.regression.inner_splits")}
 
 
 def _cnn_options(spec, patch_size: int) -> list[dict]:
@@ -266,10 +262,8 @@ def _regression_features(ctx, ropts) -> list[str]:
     if known:
         unknown = [f for f in feats if f not in known]
         if unknown:
-            close = difflib.get_close_matches(str(unknown[0]), known, n=1)
             raise ConfigError(f"count.regression.features: {unknown[0]!r} is not a feature of this run",
-                              (f"did you mean {close[0]!r}? " if close else "")
-                              + f"features: {', '.join(known)}")
+                              did_you_mean(unknown[0], known) + f"features: {', '.join(known)}")
     return feats
 
 
@@ -446,10 +440,11 @@ def _write_outputs(ctx, rows, status, models):
         rmse_df = pd.concat([rmse_df, fail_rows], ignore_index=True)
     out = Path(ctx.run_dir) / "analysis"
     out.mkdir(parents=True, exist_ok=True)
-    counts_df.to_csv(out / "counts.csv", index=False)
-    rmse_df.to_csv(out / "count_rmse.csv", index=False)
+    from ..aggregate import csv_safe
+    csv_safe(counts_df).to_csv(out / "counts.csv", index=False)
+    csv_safe(rmse_df).to_csv(out / "count_rmse.csv", index=False)
     if models:
-        pd.DataFrame(models).to_csv(out / "count_models.csv", index=False)
+        csv_safe(pd.DataFrame(models)).to_csv(out / "count_models.csv", index=False)
     return counts_df, rmse_df
 
 

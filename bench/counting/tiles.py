@@ -31,10 +31,11 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import ConfigError
+from .. import schema
+from ..errors import ConfigError, did_you_mean
 
-NORMALIZE = ("none", "grayworld", "histmatch")
-TARGETS = ("points", "density")
+NORMALIZE = schema.allowed("count.regression", "normalize")
+TARGETS = schema.allowed("count.regression", "target")
 
 
 # --------------------------------------------------------------------------- tiles
@@ -193,11 +194,8 @@ def colour_jitter(img: np.ndarray, rng: np.random.Generator, amount: float) -> n
 def check_normalize(value, where: str = "count.regression.normalize") -> str:
     v = "none" if value in (None, False) else str(value)
     if v not in NORMALIZE:
-        import difflib
-
-        close = difflib.get_close_matches(v, NORMALIZE, n=1)
         raise ConfigError(f"{where}: unknown normalisation {value!r}",
-                          (f"did you mean {close[0]!r}? " if close else "") + f"one of {', '.join(NORMALIZE)}")
+                          did_you_mean(v, NORMALIZE) + f"one of {', '.join(NORMALIZE)}")
     return v
 
 

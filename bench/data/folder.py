@@ -52,6 +52,7 @@ depth maps and images is rejected.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import logging
@@ -192,8 +193,14 @@ def read_image(path) -> np.ndarray:
 
 
 def _reason(exc: BaseException) -> str:
+    """One line saying why a file is not an image: no object reprs, no memory addresses."""
+    if isinstance(exc, UnidentifiedImageError):
+        return "unknown image format: not a file Pillow or OpenCV can decode"
+    if isinstance(exc, OSError) and exc.strerror:
+        return _os_reason(exc)
     msg = str(exc).strip() or type(exc).__name__
-    return msg.splitlines()[0][:200]
+    msg = re.sub(r"<[^<>]*\bat 0x[0-9a-fA-F]+>", "the file", msg)  # e.g. <_io.BytesIO object at 0x7f..>
+    return re.sub(r"\s*\bat 0x[0-9a-fA-F]+", "", msg).splitlines()[0][:200]
 
 
 def _kind_of(arr: np.ndarray, name: str) -> str:
@@ -340,6 +347,37 @@ def _group_of(rx, name: str, path: Path) -> str:
     return g
 
 
+def _os_reason(exc: OSError) -> str:
+    if exc.errno == errno.ELOOP:
+        return "a symbolic link that points to itself (a loop)"
+    return exc.strerror or type(exc).__name__
+
+
+def _entries(folder: str, what: str) -> list[tuple[str, str, bool, bool]]:
+    """``(name, path, is_dir, is_file)`` of the visible entries of ``folder``, sorted by name.
+    An unreadable folder or entry (no permission, a symbolic-link loop) is a DataError naming it."""
+    def fail(path, exc):
+        fix = (f"give yourself read access (chmod -R u+rX '{path}')" if isinstance(exc, PermissionError)
+               else "point the link at a real file or folder")
+        return DataError(f"{what} '{path}' cannot be read: {_os_reason(exc)}",
+                         f"{fix}, or remove it from the dataset folder")
+    try:
+        with os.scandir(folder) as it:
+            found = [e for e in it if not e.name.startswith(".")]
+    except OSError as exc:
+        raise fail(folder, exc) from None
+    out = []
+    for e in sorted(found, key=lambda e: e.name):
+        try:
+            is_dir, is_file = e.is_dir(), e.is_file()
+            if e.is_symlink():
+                os.stat(e.path)  # a looping or dangling link: DirEntry says "neither" silently
+        except OSError as exc:
+            raise fail(e.path, exc) from None
+        out.append((e.name, e.path, is_dir, is_file))
+    return out
+
+
 def _list_classes(root: Path, exts: frozenset):
     if not root.exists():
         raise DataError(f"dataset.path '{root}' does not exist",
@@ -347,29 +385,26 @@ def _list_classes(root: Path, exts: frozenset):
     if not root.is_dir():
         raise DataError(f"dataset.path '{root}' is a file, not a folder",
                         "point dataset.path to a folder with one subfolder per class")
-    class_dirs = sorted((e for e in os.scandir(root) if not e.name.startswith(".") and e.is_dir()),
-                        key=lambda e: e.name)
+    class_dirs = [e for e in _entries(str(root), "dataset entry") if e[2]]
     if not class_dirs:
         raise DataError(f"dataset.path '{root}' has no class subfolders",
                         f"put each class's images in its own subfolder, e.g. {root}/<class>/*.png")
     classes = []
-    for d in class_dirs:
+    for d_name, d_path, _, _ in class_dirs:
         files, ignored = [], []
-        for e in sorted(os.scandir(d.path), key=lambda e: e.name):
-            if e.name.startswith("."):
-                continue
-            if e.is_file() and os.path.splitext(e.name)[1].lower() in exts:
-                files.append(e.name)
+        for name, _, _, is_file in _entries(d_path, "class folder entry"):
+            if is_file and os.path.splitext(name)[1].lower() in exts:
+                files.append(name)
             else:
-                ignored.append(e.name)
+                ignored.append(name)
         if ignored:
             log.debug("class folder %s: ignoring %d entries that are not image files: %s",
-                      d.path, len(ignored), ", ".join(ignored[:10]) + (" ..." if len(ignored) > 10 else ""))
+                      d_path, len(ignored), ", ".join(ignored[:10]) + (" ..." if len(ignored) > 10 else ""))
         if not files:
-            raise DataError(f"class folder '{d.path}' contains no images",
+            raise DataError(f"class folder '{d_path}' contains no images",
                             f"add images ({', '.join(sorted(exts))}) or remove the folder; "
                             "hidden files and nested folders are ignored")
-        classes.append((d.name, files))
+        classes.append((d_name, files))
     if len(classes) < 2:
         raise DataError(f"dataset.path '{root}' has only one class folder ('{classes[0][0]}')",
                         "classification needs >= 2 classes: add a subfolder with the images of another class")

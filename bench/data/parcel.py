@@ -60,7 +60,6 @@ Generation costs about 1.2 ms of CPU per 96 x 96 map (6 ms at 224 x 224).
 """
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 from dataclasses import dataclass
@@ -68,7 +67,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..errors import ConfigError, did_you_mean
 from ..registry import DATASETS
 from .base import Dataset
 from .folder import check_max_per_class
@@ -299,10 +298,8 @@ def synthetic_parcel(n_per_class: int = 60, size: int = 96, seed: int = 0, noise
         classes = [classes]
     for c in classes:
         if not isinstance(c, str) or c not in CLASS_CODE:
-            close = difflib.get_close_matches(str(c), CLASSES, n=1)
             raise ConfigError(f"dataset.classes: unknown parcel class {c!r}",
-                              (f"did you mean {close[0]!r}? " if close else "")
-                              + f"known: {', '.join(CLASSES)}")
+                              did_you_mean(c, CLASSES) + f"known: {', '.join(CLASSES)}")
     if len(set(classes)) != len(classes) or len(classes) < 2:
         raise ConfigError(f"dataset.classes must name >= 2 distinct classes, got {list(classes)!r}",
                           f"choose from {', '.join(CLASSES)} (null for all)")

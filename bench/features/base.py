@@ -78,6 +78,10 @@ class Extractor(BaseEstimator, TransformerMixin):
         """Extra provenance recorded with every row (e.g. CNN weights)."""
         return {}
 
+    def check_params(self) -> None:
+        """Raise :class:`~bench.errors.ConfigError` for a bad parameter value; called by
+        :func:`bench.config.check_components` before a run does any work. Default: nothing."""
+
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.requires_fit = False

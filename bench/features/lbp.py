@@ -231,6 +231,10 @@ def _radius_points(radii, points) -> list[tuple[float, int]]:
                               f"({len(radii_seq)} radii)", "e.g. radii: [1, 2, 3], points: [8, 16, 24]")
     out = []
     for r, p in zip(radii_seq, pts):
+        if isinstance(r, bool) or not isinstance(r, (int, float, np.integer, np.floating)):
+            raise ConfigError(f"lbp: radius {r!r} is not a number", "e.g. radii: [1, 2, 3]")
+        if isinstance(p, bool) or not isinstance(p, (int, float, np.integer, np.floating)):
+            raise ConfigError(f"lbp: points {p!r} is not a number", "e.g. points: 8")
         if not (float(r) > 0):
             raise ConfigError(f"lbp: radius {r!r} must be > 0", "e.g. radii: [1, 2, 3]")
         if int(p) != p or int(p) < 1:
@@ -267,6 +271,9 @@ class LBPHistogram(Extractor):
         for _, p in rp:
             _check_points(p, method)
         return method, rp
+
+    def check_params(self) -> None:
+        self._config()
 
     def n_features(self) -> int:
         method, rp = self._config()

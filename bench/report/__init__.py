@@ -20,6 +20,7 @@ import logging
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from ..aggregate import csv_safe
 from ..errors import ConfigError, ResultsError
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ def _write(doc, out: Path, formats: tuple[str, ...]) -> dict[str, Path]:
         while name in seen:
             name += "-2"
         seen.add(name)
-        t.to_frame().to_csv(tab_dir / f"{name}.csv", index=False)
+        csv_safe(t.to_frame()).to_csv(tab_dir / f"{name}.csv", index=False)
     if "html" in formats:
         paths["html"] = html.write(doc, out / "report.html")
     if "pdf" in formats:

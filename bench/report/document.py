@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from .. import stats
-from ..aggregate import best_by_family, fmt_ci, fmt_pm, not_pretrained_families, sort_summary
+from ..aggregate import METRIC_NAMES, best_by_family, fmt_ci, fmt_pm, not_pretrained_families, sort_summary
 from . import plots
 from . import tables as T
 from .rundata import RunData
@@ -155,21 +155,24 @@ def build_document(rd: RunData) -> Document:
 
     key_table = None
     if len(summary):
-        key_table = T.leaderboard(sort_summary(summary[summary["variant"] == ""]), top=8, name="top-rows")
+        key_table = T.leaderboard(sort_summary(summary[summary["variant"] == ""], rd.metric), top=8,
+                                  name="top-rows")
         key_table = key_table.select(KEY_COLUMNS)
-        key_table.caption = ("Top rows by mean macro-F1 (main protocol): mean ± std over folds, "
+        ranked = METRIC_NAMES[rd.metric]  # protocol.metric
+        key_table.caption = (f"Top rows by mean {ranked} (main protocol): mean ± std over folds, "
                              "95% interval "
                              "below. The full leaderboard follows.")
         if T.is_predefined(rd):
-            key_table.caption = ("Top rows by macro-F1 on the " + _spread_words(rd)
+            key_table.caption = (f"Top rows by {ranked} on the " + _spread_words(rd)
                                  + " The full leaderboard follows.")
 
     # leaderboard
     s = Section("leaderboard", "Leaderboard")
     if len(summary):
-        board = T.leaderboard(summary)
+        board = T.leaderboard(summary)  # summary: ranked by protocol.metric (RunData)
+        board.caption = f"Ranked by mean {METRIC_NAMES[rd.metric]} (protocol.metric). " + board.caption
         if T.is_predefined(rd):
-            board.caption = "Scores on the " + _spread_words(rd)
+            board.caption = f"Ranked by {METRIC_NAMES[rd.metric]}. Scores on the " + _spread_words(rd)
         s.add("table", board)
         bar = _figure("scores", plots.bar_chart(summary),
                       "Macro-F1 of every feature × classifier row: mean over folds, bars = 95% interval. "
@@ -485,7 +488,7 @@ def build_compare_document(runs: list[RunData], *, kind: str = "compare", title:
         for rd, ds in zip(runs, labels):
             if len(rd.summary):
                 t = T.leaderboard(rd.summary, name=f"leaderboard-{T.css_token(ds)}")
-                t.caption = f"{ds} ({_protocol_of(rd)}). " + t.caption
+                t.caption = f"{ds} ({_protocol_of(rd)}; ranked by {METRIC_NAMES[rd.metric]}). " + t.caption
                 s.add("table", t)
             else:
                 s.add("note", f"{ds}: no finished cell.")

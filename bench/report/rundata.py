@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from .. import records as rec
-from ..aggregate import summarize
+from ..aggregate import METRIC_NAMES, csv_unescape, run_metric, summarize
 from ..runfolder import RunFolder
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ def _read_csv(path: Path) -> pd.DataFrame | None:
     if not path.exists():
         return None
     try:
-        return pd.read_csv(path)
+        return csv_unescape(pd.read_csv(path))  # written through aggregate.csv_safe
     except (OSError, ValueError) as exc:
         log.warning("cannot read %s: %s", path, exc)
         return None
@@ -59,6 +59,12 @@ class RunData:
     finetune: pd.DataFrame | None = None
     _pred_cache: dict = field(default_factory=dict, repr=False)
 
+    @property
+    def metric(self) -> str:
+        """``protocol.metric``: what ranks the leaderboard rows."""
+        m = (self.config.get("protocol") or {}).get("metric")
+        return m if m in METRIC_NAMES else "macro_f1"
+
     @classmethod
     def load(cls, run_dir, records: list | None = None) -> "RunData":
         """Read a run folder through :class:`bench.runfolder.RunFolder`; ``records`` (the
@@ -78,7 +84,7 @@ class RunData:
                  dataset=_read_json(run_dir / "dataset.json", {}) or {},
                  splits=_read_json(run_dir / "splits.json", {}) or {},
                  features=_read_json(run_dir / "features.json", {}) or {},
-                 records=records, summary=summarize(records))
+                 records=records, summary=summarize(records, run_metric(run_dir)))
         rd._load_analysis()
         rd._load_finetune()
         return rd
