@@ -119,14 +119,14 @@ def _pipeline(tmp_path, **over):
 @pytest.mark.parametrize("metric, scoring", [("balanced_accuracy", "balanced_accuracy"),
                                              ("accuracy", "accuracy"), ("macro_f1", "f1_macro")])
 def test_metric_scores_the_inner_search(tmp_path, monkeypatch, metric, scoring):
-    from bench import engine
+    from bench import cells
     seen = []
 
-    class Spy(engine.GridSearchCV):
+    class Spy(cells.GridSearchCV):
         def fit(self, *a, **k):
             seen.append(self.scoring)
             return super().fit(*a, **k)
-    monkeypatch.setattr(engine, "GridSearchCV", Spy)
+    monkeypatch.setattr(cells, "GridSearchCV", Spy)
     res = run_cli("run", "--config", _pipeline(tmp_path), f"protocol.metric={metric}",
                   "classifiers=[{name: logreg, search: {C: [0.1, 10]}}]", "--no-report")
     assert res.returncode == 0, res
