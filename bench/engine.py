@@ -30,6 +30,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from . import classifiers as _classifiers  # noqa: F401  (fills CLASSIFIERS, also in workers)
+from . import provenance
 from . import records as rec
 from .cache import FeatureCache, make_key
 from .data.base import suggest_prepare
@@ -133,7 +134,8 @@ def environment(seed: int) -> dict:
             "cpu": cpu, "n_cores": os.cpu_count(),
             "cores_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
             "gpu": gpus, "device": "GPU" if gpus else "CPU", "seed": seed,
-            "command": " ".join(sys.argv), "host": platform.node(),
+            "command": " ".join(sys.argv), "argv": provenance.launch_argv(), "git": provenance.git_info(),
+            "host": platform.node(),
             "keras_backend": os.environ.get("KERAS_BACKEND", "tensorflow")}
 
 
