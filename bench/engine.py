@@ -737,7 +737,7 @@ def _run(cfg: dict, *, progress: Progress | None = None, new: bool = False,
         with contextlib.suppress(Exception):
             old = json.loads(prev.read_text())
             env["sessions"] = old.get("sessions", []) + [
-                {k: old.get(k) for k in ("started", "finished", "duration_s", "command")}]
+                {k: old.get(k) for k in ("started", "finished", "duration_s", "command", "argv", "git")}]
     _write_json(run_dir / "env.json", env)
     return ctx
 
