@@ -21,7 +21,7 @@ from fake_run import EVIL, make_fake_run  # noqa: E402
 
 from bench import mistakes, records as rec  # noqa: E402
 from bench.aggregate import best_by_family, summarize  # noqa: E402
-from bench.report import build, sections  # noqa: E402
+from bench.report import _write, sections  # noqa: E402
 from bench.report.document import build_document  # noqa: E402
 from bench.report.rundata import RunData  # noqa: E402
 
@@ -33,8 +33,9 @@ def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("sections")
     run_dir = make_fake_run(root / "runs", n_classes=N_CLASSES, per_class=PER_CLASS,
                             analysis_cfg={"tsne": False, "explain": False})
-    paths = build(run_dir, root / "report", formats=("html",))
-    return run_dir, paths
+    doc = build_document(RunData.load(run_dir))
+    paths = _write(doc, root / "report", ("html",))  # what bench.report.build writes, one document
+    return run_dir, paths, doc
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +44,8 @@ def rd(run):
 
 
 @pytest.fixture(scope="module")
-def doc(rd):
-    return build_document(rd)
+def doc(run):
+    return run[2]
 
 
 @pytest.fixture(scope="module")
@@ -256,13 +257,14 @@ def test_learning_curve_x_is_training_images_and_cnn_rows_join(run, tmp_path):
              fit_s=1.0, status="ok", error="", source=src)
         for f, n, m, src in [(0.25, 12, 0.5, "retrained"), (0.5, 24, 0.7, "retrained"), (1.0, 48, 0.9, "record")]])
     cnn.to_csv(run_dir / "analysis" / "learning_curves_cnn.csv", index=False)
+    from bench.report.document import FigureBlock
     try:
-        doc = build_document(RunData.load(run_dir))
+        blocks = sections.learning_blocks(RunData.load(run_dir), FigureBlock)
     finally:
         (run_dir / "analysis" / "learning_curves_cnn.csv").unlink()
-    sec, t = _table(doc, "learning-curves")
-    assert sec.id == "learning"
-    fig = next(b.value for b in sec.blocks if b.kind == "figure")
+    assert [b[0] for b in blocks] == ["figure", "details"]
+    fig, t = blocks[0][1], blocks[1][1]["table"]
+    assert fig.png[:8] == b"\x89PNG\r\n\x1a\n"
     assert "End-to-end CNN (dashed): mobilenetv2-ft + end-to-end" in fig.caption and "2 of the same" in fig.caption
     rows = [(r[0].text, r[1].sort, float(r[2].text), float(r[3].text), r[4].text) for r in t.rows]
     assert [r for r in rows if r[1] == "cnn"] == [("mobilenetv2-ft + end-to-end", "cnn", 0.25, 12, "50.0"),
@@ -276,10 +278,14 @@ def test_learning_curve_x_is_training_images_and_cnn_rows_join(run, tmp_path):
         assert n_train == round(g["n_train"].mean()) and text.startswith(f"{100 * g['macro_f1'].mean():.1f}")
 
 
-def test_learning_section_keeps_its_note_without_curves(tmp_path):
-    run_dir = make_fake_run(tmp_path, analysis_cfg={"tsne": False, "explain": False, "learning_curves": False})
-    sec = next(s for s in build_document(RunData.load(run_dir)).sections if s.id == "learning")
-    assert [b.kind for b in sec.blocks] == ["note"] and "learning" in sec.blocks[0].value
+def test_learning_section_keeps_its_note_without_curves(run, doc):
+    from bench.report.document import FigureBlock, Section
+    assert any(b.kind == "figure" for s in doc.sections if s.id == "learning" for b in s.blocks)
+    rd = RunData.load(run[0])
+    rd.analysis["learning_curves"] = None
+    sec = Section("learning", "Learning curves").add("note", "No learning curves: skipped (off).")
+    sections.add_sections(rd, [sec], section_type=Section, figure_type=FigureBlock)
+    assert [(b.kind, b.value) for b in sec.blocks] == [("note", "No learning curves: skipped (off).")]
 
 
 # --------------------------------------------------------------------------- CNN learning curve stage
