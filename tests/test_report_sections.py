@@ -385,6 +385,16 @@ def test_reproduce_section_shows_config_and_commands(run, page):
     assert cmd("report") == f"python -m bench report results/{run_dir.name}"
 
 
+def test_rerun_command_writes_into_the_current_folder(tmp_path):
+    run_dir = make_fake_run(tmp_path, analysis=False)
+    rd = RunData.load(run_dir)
+    rd.config["output"] = {"results_dir": "/data/runs", "reports_dir": "reports"}
+    cmds = sections.reproduce_commands(rd)
+    # an absolute results folder would make the rerun resume the original run instead of computing
+    assert cmds["config"] == "python -m bench run --config config.yaml output.results_dir=results"
+    assert cmds["report"] == f"python -m bench report /data/runs/{run_dir.name}"
+
+
 @pytest.mark.parametrize("env, want", [
     ({"argv": ["run", "--config", "p.yaml", "features=[hog, lbp]"]},
      "python -m bench run --config p.yaml 'features=[hog, lbp]'"),
