@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from sklearn.metrics import f1_score, precision_score, recall_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -377,7 +378,10 @@ def test_reproduce_section_shows_config_and_commands(run, page):
     run_dir = run[0]
     cfg = (run_dir / "config.yaml").read_text()
     m = re.search(r'<pre class="code" id="config-yaml"><code>(.*?)</code></pre>', page, re.S)
-    assert m and htmlmod.unescape(m.group(1)) == cfg
+    shown = htmlmod.unescape(m.group(1))
+    assert yaml.safe_load(shown) == yaml.safe_load(cfg)  # comments only
+    assert "- resnet50-gap  # ran with random-init weights: not pretrained\n" in shown
+    assert shown.replace("  # ran with random-init weights: not pretrained", "") == cfg
     assert re.search(r'<details class="more" id="d-config-yaml">', page)  # collapsible
     cmd = lambda i: htmlmod.unescape(re.search(rf'id="cmd-{i}"><code>(.*?)</code>', page, re.S).group(1))  # noqa: E731
     assert cmd("rerun-config") == "python -m bench run --config config.yaml"

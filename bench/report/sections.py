@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import shlex
 from pathlib import Path
 
@@ -376,6 +377,23 @@ def _git_text(git) -> str:
     return text
 
 
+def annotate_config(text: str, random_labels) -> str:
+    """The config text with a YAML comment on each line naming a feature that ran with random-init
+    weights (the file asked for ImageNet ones, or for none): the parsed config is unchanged."""
+    labels = sorted({str(x) for x in random_labels}, key=len, reverse=True)
+    if not labels:
+        return text
+    pat = re.compile(r"^(\s*(?:-\s+|label:\s*|-\s+label:\s*))['\"]?(" + "|".join(map(re.escape, labels))
+                     + r")['\"]?\s*$")
+    out = []
+    for line in text.splitlines(keepends=True):
+        body = line.rstrip("\n")
+        if pat.match(body):
+            line = body + "  # ran with random-init weights: not pretrained" + line[len(body):]
+        out.append(line)
+    return "".join(out)
+
+
 def reproduce_commands(rd: RunData) -> dict[str, str]:
     """``{"config": ..., "launched": ... (when known), "report": ...}``: commands to paste."""
     out_cfg = (rd.config or {}).get("output") or {}
@@ -422,9 +440,14 @@ def reproduce_section(rd: RunData, section_type):
     except OSError:
         text = ""
     if text:
+        rnd = [k for k, f in rd.features.items() if T.is_random_init(f.get("weights"))]
+        rnd += [f for f, w in zip(rd.summary.get("feature", []), rd.summary.get("weights", []))
+                if T.is_random_init(w)]
+        text = annotate_config(text, [str(x).replace(" [random-init]", "") for x in rnd])
         s.add("details", {"id": "config-yaml", "summary": f"Resolved configuration (config.yaml of "
                                                           f"{rd.run_id}, {len(text.splitlines())} lines)",
-                          "code": text, "open": False})
+                          "code": text, "open": False},
+              "Verbatim, except for comments on the features that ran with random-init weights.")
     else:
         s.add("note", "config.yaml is missing from the run folder: no resolved configuration to show.")
     return s
