@@ -443,11 +443,12 @@ def reproduce_section(rd: RunData, section_type):
         rnd = [k for k, f in rd.features.items() if T.is_random_init(f.get("weights"))]
         rnd += [f for f, w in zip(rd.summary.get("feature", []), rd.summary.get("weights", []))
                 if T.is_random_init(w)]
-        text = annotate_config(text, [str(x).replace(" [random-init]", "") for x in rnd])
+        shown = annotate_config(text, [str(x).replace(" [random-init]", "") for x in rnd])
         s.add("details", {"id": "config-yaml", "summary": f"Resolved configuration (config.yaml of "
                                                           f"{rd.run_id}, {len(text.splitlines())} lines)",
-                          "code": text, "open": False},
-              "Verbatim, except for comments on the features that ran with random-init weights.")
+                          "code": shown, "open": False},
+              "" if shown == text else "Verbatim, except for comments on the features that ran with "
+                                       "random-init weights.")
     else:
         s.add("note", "config.yaml is missing from the run folder: no resolved configuration to show.")
     return s
