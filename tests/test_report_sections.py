@@ -120,7 +120,8 @@ def test_per_class_uses_only_the_first_repeat(tmp_path):
     assert sum(int(r[-1].text) for r in t.rows) == 3 * 20  # each image once, not twice
     ref = _pooled_reference(run_dir, row["feature"], row["classifier"], {0, 1, 2})
     got = np.array([float(r[_col(t, "Recall %")].text) for r in t.rows])
-    np.testing.assert_allclose(got, 100 * recall_score(ref["y_true"], ref["y_pred"], average=None), atol=0.051)
+    want = recall_score(ref["y_true"], ref["y_pred"], average=None)
+    np.testing.assert_allclose(got, 100 * want, atol=0.051)
 
 
 # --------------------------------------------------------------------------- per fold
@@ -134,7 +135,8 @@ def test_per_fold_table_shows_every_record(run, doc, page):
     assert len(t.rows) == len(summary)
     n_failed = 0
     for r in _records(run_dir):
-        label = f"{r['feature']}{' [random-init]' if r['weights'] == 'random-init' else ''} + {r['classifier']}"
+        tag = " [random-init]" if r["weights"] == "random-init" else ""
+        label = f"{r['feature']}{tag} + {r['classifier']}"
         label += f" ({r['variant']})" if r.get("variant") else ""
         cell = by_label[label][2 + r["split"]]
         if r["status"] != "ok":
@@ -169,11 +171,12 @@ def test_inference_cost_per_image_from_records(run, doc):
     rows = {r[0].text: r for r in t.rows}
     for label in {(r["feature"], r["classifier"]) for r in recs}:
         mine = [r for r in recs if (r["feature"], r["classifier"]) == label]
-        shown = next(v for k, v in rows.items() if k.startswith(f"{label[0]}") and k.endswith(f"+ {label[1]}"))
+        shown = next(v for k, v in rows.items()
+                     if k.startswith(f"{label[0]}") and k.endswith(f"+ {label[1]}"))
         pred = np.mean([1000 * r["predict_s"] / r["n_test"] for r in mine])
         assert float(shown[_col(t, "Predict ms/img")].text) == pytest.approx(pred, abs=6e-4)
-        assert float(shown[_col(t, "Training s/fold")].text) == pytest.approx(np.mean([r["fit_s"] for r in mine]),
-                                                                             abs=6e-3)
+        fit = np.mean([r["fit_s"] for r in mine])
+        assert float(shown[_col(t, "Training s/fold")].text) == pytest.approx(fit, abs=6e-3)
         total = float(shown[_col(t, "Inference ms/img")].text)
         if mine[0]["family"] == "cnn":  # end-to-end: no separate extraction, training apart
             assert shown[_col(t, "Features ms/img")].text == "end-to-end"
@@ -256,7 +259,8 @@ def test_learning_curve_x_is_training_images_and_cnn_rows_join(run, tmp_path):
         dict(dataset="fake-textures", family="cnn", feature="mobilenetv2-ft", classifier="end-to-end",
              weights="imagenet", split=0, fraction=f, n_train=n, accuracy=m, balanced_accuracy=m, macro_f1=m,
              fit_s=1.0, status="ok", error="", source=src)
-        for f, n, m, src in [(0.25, 12, 0.5, "retrained"), (0.5, 24, 0.7, "retrained"), (1.0, 48, 0.9, "record")]])
+        for f, n, m, src in [(0.25, 12, 0.5, "retrained"), (0.5, 24, 0.7, "retrained"),
+                             (1.0, 48, 0.9, "record")]])
     cnn.to_csv(run_dir / "analysis" / "learning_curves_cnn.csv", index=False)
     from bench.report.document import FigureBlock
     try:
@@ -266,7 +270,8 @@ def test_learning_curve_x_is_training_images_and_cnn_rows_join(run, tmp_path):
     assert [b[0] for b in blocks] == ["figure", "details"]
     fig, t = blocks[0][1], blocks[1][1]["table"]
     assert fig.png[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "End-to-end CNN (dashed): mobilenetv2-ft + end-to-end" in fig.caption and "2 of the same" in fig.caption
+    assert "End-to-end CNN (dashed): mobilenetv2-ft + end-to-end" in fig.caption
+    assert "2 of the same" in fig.caption
     rows = [(r[0].text, r[1].sort, float(r[2].text), float(r[3].text), r[4].text) for r in t.rows]
     assert [r for r in rows if r[1] == "cnn"] == [("mobilenetv2-ft + end-to-end", "cnn", 0.25, 12, "50.0"),
                                                    ("mobilenetv2-ft + end-to-end", "cnn", 0.5, 24, "70.0"),
@@ -316,8 +321,9 @@ class _FakeAnalysis:
 
 def _cnn_record(split, n_train, fit_s=10.0):
     return rec.make_record(run_id="r", dataset="d", feature="tiny", family="cnn", classifier="end-to-end",
-                           split=split, repeat=0, fold=split, status="ok", accuracy=0.9, balanced_accuracy=0.9,
-                           macro_f1=0.88, fit_s=fit_s, predict_s=0.1, n_train=n_train, n_test=n_train,
+                           split=split, repeat=0, fold=split, status="ok", accuracy=0.9,
+                           balanced_accuracy=0.9, macro_f1=0.88, fit_s=fit_s, predict_s=0.1,
+                           n_train=n_train, n_test=n_train,
                            weights="n/a", cell_id=f"tiny__end-to-end__s{split}")
 
 
@@ -331,7 +337,8 @@ def test_cnn_learning_curve_retrains_on_the_frozen_rows_nested_subsets(tmp_path,
         Path(work_dir).mkdir(parents=True, exist_ok=True)
         (Path(work_dir) / "best.weights.h5").write_bytes(b"x")
         m = len(train_idx) / 100
-        return [{"classifier": "end-to-end", "accuracy": m, "balanced_accuracy": m, "macro_f1": m, "fit_s": 1.0}]
+        return [{"classifier": "end-to-end", "accuracy": m, "balanced_accuracy": m, "macro_f1": m,
+                 "fit_s": 1.0}]
 
     monkeypatch.setattr(finetune, "run_cell", fake_run_cell)
     a = _FakeAnalysis(tmp_path, {"label": "tiny", "mode": "scratch"}, [_cnn_record(0, 24)], y)
@@ -367,7 +374,8 @@ def test_cnn_learning_curve_respects_the_budget(tmp_path, monkeypatch):
 
 def test_cnn_learning_curve_skips_without_a_recipe(tmp_path):
     from bench import analysis, learning_cnn
-    a = _FakeAnalysis(tmp_path, {"label": "other", "mode": "scratch"}, [_cnn_record(0, 24)], np.repeat([0, 1], 8))
+    a = _FakeAnalysis(tmp_path, {"label": "other", "mode": "scratch"}, [_cnn_record(0, 24)],
+                      np.repeat([0, 1], 8))
     learning_cnn.run_part(a, analysis.nested_fraction)
     assert a.manifest["parts"]["learning_curves_cnn"]["status"] == "skipped"
     assert not (tmp_path / learning_cnn.FILE).exists()
@@ -383,7 +391,9 @@ def test_reproduce_section_shows_config_and_commands(run, page):
     assert "- resnet50-gap  # ran with random-init weights: not pretrained\n" in shown
     assert shown.replace("  # ran with random-init weights: not pretrained", "") == cfg
     assert re.search(r'<details class="more" id="d-config-yaml">', page)  # collapsible
-    cmd = lambda i: htmlmod.unescape(re.search(rf'id="cmd-{i}"><code>(.*?)</code>', page, re.S).group(1))  # noqa: E731
+    def cmd(i):
+        return htmlmod.unescape(re.search(rf'id="cmd-{i}"><code>(.*?)</code>', page, re.S).group(1))
+
     assert cmd("rerun-config") == "python -m bench run --config config.yaml"
     assert cmd("rerun-launched") == "python -m bench run --config pipelines/fake.yaml"
     assert cmd("report") == f"python -m bench report results/{run_dir.name}"
@@ -402,7 +412,8 @@ def test_rerun_command_writes_into_the_current_folder(tmp_path):
 @pytest.mark.parametrize("env, want", [
     ({"argv": ["run", "--config", "p.yaml", "features=[hog, lbp]"]},
      "python -m bench run --config p.yaml 'features=[hog, lbp]'"),
-    ({"command": "/x/bench/__main__.py run --config p.yaml seed=1"}, "python -m bench run --config p.yaml seed=1"),
+    ({"command": "/x/bench/__main__.py run --config p.yaml seed=1"},
+     "python -m bench run --config p.yaml seed=1"),
     ({"command": "/usr/bin/bench run"}, "python -m bench run"),
     ({"command": "/venv/bin/pytest -q tests"}, None),
     ({"argv": None, "command": ""}, None),
@@ -420,5 +431,41 @@ def test_git_text_and_dirty_checkout_warning(tmp_path):
     from bench.report.document import Section
     s = sections.reproduce_section(RunData.load(run_dir), Section)
     facts = dict(s.blocks[0].value)
-    assert facts["Git commit"].startswith("a" * 40 + " (branch main)") and "uncommitted" in facts["Git commit"]
+    assert facts["Git commit"].startswith("a" * 40 + " (branch main)")
+    assert "uncommitted" in facts["Git commit"]
     assert "bbbbbbbbbbbb" in facts["Sessions"]
+
+
+@pytest.mark.slow
+def test_cnn_learning_curve_end_to_end_with_a_real_cnn(tmp_path):
+    """A run with a tiny scratch CNN: the analysis retrains it on smaller subsets of split 0 and the
+    report's learning curves hold its points, x = training images."""
+    from run_helpers import toy_config
+
+    from bench import engine
+    from bench.report.document import FigureBlock
+    cfg = toy_config(tmp_path, "report.learning_curves=true", "report.gallery=3",
+                     "finetune=[{label: tiny, mode: scratch, input_size: 16, filters: [4], epochs: 2, "
+                     "patience: 1}]", n_per_class=12)
+    ctx = engine.run(cfg)
+    df = pd.read_csv(ctx.run_dir / "analysis" / "learning_curves_cnn.csv")
+    assert df["source"].tolist()[0] == "record" and (df["source"] == "retrained").sum() >= 1
+    assert (df["n_train"].iloc[1:] < df["n_train"].iloc[0]).all() and df["status"].eq("ok").all()
+    blocks = sections.learning_blocks(RunData.load(ctx.run_dir), FigureBlock)
+    t = blocks[1][1]["table"]
+    shown = sorted(float(r[3].text) for r in t.rows if r[1].sort == "cnn")
+    assert shown == sorted(df["n_train"].astype(float))
+    assert (ctx.run_dir / "analysis" / "misclassified.json").is_file()
+
+
+def test_screenshots_script_refuses_a_folder_without_a_report(tmp_path, capsys):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import screenshots
+    assert screenshots.main([str(tmp_path / "nope")]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+    assert screenshots.main([str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "no report.html and no summary.pdf" in err and "hint: rebuild it with" in err
+    from PIL import Image
+    Image.new("RGB", (1280, 800), "white").save(tmp_path / "big.png")
+    assert screenshots._small_png(tmp_path / "big.png", tmp_path / "small.png") < screenshots.MAX_BYTES

@@ -114,7 +114,8 @@ def test_pasted_config_command_reproduces_the_per_fold_scores(original, tmp_path
     assert res.returncode == 0, res.stderr[-3000:]
     assert any((tmp_path / "fresh-cache").rglob("*")), "the rerun computed its own features"
     again = tmp_path / "results" / run_dir.name  # the same run id
-    assert json.loads((again / "splits.json").read_text()) == json.loads((run_dir / "splits.json").read_text())
+    splits = json.loads((run_dir / "splits.json").read_text())
+    assert json.loads((again / "splits.json").read_text()) == splits
     assert _scores(again) == _scores(run_dir)
     assert len([k for k in _scores(again) if "/" not in k]) == 2 * 2 * 3
 

@@ -33,7 +33,7 @@ import pandas as pd
 from sklearn.metrics import precision_recall_fscore_support
 
 from .. import __version__, mistakes
-from ..aggregate import best_by_family, feature_display, fmt_pm, sort_summary
+from ..aggregate import best_by_family, feature_display, fmt_pm
 from ..provenance import command_text
 from . import plots
 from . import tables as T
@@ -150,8 +150,8 @@ def per_class_blocks(rd: RunData) -> list:
         t = per_class_table(rd, row)
         if t is None:
             continue
-        summary = (f"Precision, recall, F1 and support per class: {T.FAMILY_TITLES.get(row['family'], row['family'])}"
-                   f" ({T.label_of(row)})")
+        fam = T.FAMILY_TITLES.get(row["family"], row["family"])
+        summary = f"Precision, recall, F1 and support per class: {fam} ({T.label_of(row)})"
         out.append(("details", {"id": t.name, "summary": summary, "table": t,
                                 "open": i < 2 and len(rd.class_names) <= 20}, ""))
     return out
@@ -204,7 +204,8 @@ def learning_frame(rd: RunData) -> pd.DataFrame | None:
     df = pd.concat(frames, ignore_index=True)
     if "status" in df:
         df = df[df["status"] == "ok"]
-    df = df.assign(weights=df["weights"].fillna("n/a"), classifier=df["classifier"].astype(str))
+    w = df["weights"].astype(object)  # pandas reads "n/a" as missing
+    df = df.assign(weights=w.where(w.notna(), "n/a"), classifier=df["classifier"].astype(str))
     return df if len(df) else None
 
 
@@ -241,9 +242,9 @@ def _learning_caption(df: pd.DataFrame) -> str:
     cnn = df[df["family"] == "cnn"]
     parts = ["Macro-F1 on the full test fold against the number of training images."]
     if len(frozen):
-        parts.append(f"Frozen-feature rows (solid): the best row of each family refitted on nested, stratified "
-                     f"subsets of the training folds of {frozen['split'].nunique()} split(s), mean ± std, with "
-                     "each classifier's configured parameters (no inner search).")
+        parts.append("Frozen-feature rows (solid): the best row of each family refitted on nested, "
+                     f"stratified subsets of the training folds of {frozen['split'].nunique()} split(s), "
+                     "mean ± std, with each classifier's configured parameters (no inner search).")
     if len(cnn):
         label = T.row_label(cnn["feature"].iloc[0], cnn["classifier"].iloc[0], cnn["weights"].iloc[0])
         n_re = int((cnn.get("source", pd.Series(dtype=str)) == "retrained").sum())
@@ -341,7 +342,8 @@ def misclassified_section(rd: RunData, section_type):
     s.add("note", "This run has no thumbnails of its mistakes (made at run time by the analysis); "
                   "the table lists them from the saved predictions.")
     rows = [[T.Cell(str(it["id"])), T.Cell(str(it["true_name"])), T.Cell(str(it["pred_name"])),
-             _pct(it.get("confidence"), ".0f"), _pct(it.get("p_true"), ".0f"), T.Cell(str(it["split"]), it["split"])]
+             _pct(it.get("confidence"), ".0f"), _pct(it.get("p_true"), ".0f"),
+             T.Cell(str(it["split"]), it["split"])]
             for it in items]
     return s.add("table", T.Table("misclassified", ["Image", "True class", "Predicted", "Confidence %",
                                                     "P(true) %", "Split"], rows, {3, 4, 5}, cap))
@@ -425,15 +427,17 @@ def reproduce_section(rd: RunData, section_type):
     facts.append(("Seed", str(env.get("seed", (rd.config or {}).get("seed", "?")))))
     s.add("kv", facts)
     cmds = reproduce_commands(rd)
-    s.add("code", {"id": "rerun-config", "label": "Rerun anywhere: save the configuration below as "
-                                                  "config.yaml in an empty folder, then", "text": cmds["config"]},
+    s.add("code", {"id": "rerun-config", "text": cmds["config"],
+                   "label": "Rerun anywhere: save the configuration below as config.yaml in an empty "
+                            "folder, then"},
           f"Results go to results/{rd.run_id} there (the run id follows from the configuration). Paths in "
           "the configuration (data, plugins) are read relative to that folder; the splits, seeds and "
           "every parameter are in it, so the per-fold scores come out the same.")
     if "launched" in cmds:
         s.add("code", {"id": "rerun-launched", "label": "The command that launched this run (from the folder "
                                                         "it was started in)", "text": cmds["launched"]})
-    s.add("code", {"id": "report", "label": "Rebuild this report from the run folder", "text": cmds["report"]})
+    s.add("code", {"id": "report", "label": "Rebuild this report from the run folder",
+                   "text": cmds["report"]})
     cfg_path = rd.run_dir / "config.yaml"
     try:
         text = cfg_path.read_text(encoding="utf-8")
