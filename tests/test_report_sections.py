@@ -469,3 +469,38 @@ def test_screenshots_script_refuses_a_folder_without_a_report(tmp_path, capsys):
     from PIL import Image
     Image.new("RGB", (1280, 800), "white").save(tmp_path / "big.png")
     assert screenshots._small_png(tmp_path / "big.png", tmp_path / "small.png") < screenshots.MAX_BYTES
+
+
+@pytest.mark.browser
+def test_printing_the_html_opens_every_collapsible_block(run):
+    """Print-to-PDF in headless Chromium: the per-fold table and the config, collapsed on screen, are
+    printed (the page opens its <details> before printing and closes them after)."""
+    import base64
+    import io
+    import shutil
+    webdriver = pytest.importorskip("selenium.webdriver",
+                                    reason="selenium not installed (pip install -e .[test])")
+    pypdf = pytest.importorskip("pypdf", reason="pypdf is in the test extra: pip install -e .[test]")
+    from selenium.webdriver.chrome.service import Service
+    browser = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome")
+                    if shutil.which(b)), None)
+    drv = shutil.which("chromedriver")
+    if browser is None or drv is None:
+        pytest.skip("headless Chromium not available: install chromium and chromium-driver "
+                    "(make browser-deps)")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = browser
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
+        opts.add_argument(arg)
+    d = webdriver.Chrome(options=opts, service=Service(executable_path=drv))
+    try:
+        d.get(run[1]["html"].resolve().as_uri())
+        closed = "return Array.from(document.querySelectorAll('details.more')).filter(x => !x.open).length"
+        assert d.execute_script(closed) >= 2
+        pdf = base64.b64decode(d.execute_cdp_cmd("Page.printToPDF", {})["data"])
+        assert d.execute_script(closed) >= 2  # closed again after printing
+    finally:
+        d.quit()
+    text = "".join(p.extract_text() for p in pypdf.PdfReader(io.BytesIO(pdf)).pages)
+    assert "Fold 4" in text and "Mean ± std" in text  # the per-fold table
+    assert "n_repeats" in text  # the resolved config
