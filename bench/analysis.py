@@ -21,6 +21,9 @@ the per-image representations are still in memory. It writes, under
 * ``explain/`` - "what the features see" (:mod:`bench.explain`, ``report.explain``):
   per-image cards of hand-crafted maps and CNN class maps, first-convolution filters,
   permutation importances of named features; bounded by :data:`bench.explain.stage.BUDGET_S`.
+* ``misclassified.json`` - the best row's most confident mistakes with thumbnails
+  (:mod:`bench.mistakes`); ``learning_curves_cnn.csv`` - the best end-to-end CNN row
+  retrained on the same nested subsets (:mod:`bench.learning_cnn`).
 * ``manifest.json`` - what was done, skipped (with the reason) or failed, and timings.
 
 Every part can be switched off in the config (``report.tsne``, ``report.learning_curves``,
@@ -41,6 +44,7 @@ from typing import Sequence
 
 import numpy as np
 
+from . import learning_cnn, mistakes
 from . import records as rec
 from . import runfolder, schema
 from .aggregate import best_by_family, csv_safe, feature_display, summarize
@@ -58,9 +62,11 @@ THUMB_PX = 96
 EXPLAIN_PICTURE_PX = 160
 DEFAULT_BUDGET_S = float(schema.SCHEMA["report"]["analysis_budget_s"].default)
 FROZEN_FAMILIES = ("handcrafted", "deep", "hybrid")
-ARTEFACTS = ("tsne.npz", "learning_curves.csv", "gallery.json", "retrieval.json", "manifest.json")
+ARTEFACTS = ("tsne.npz", "learning_curves.csv", "gallery.json", "retrieval.json", "manifest.json",
+             "misclassified.json", "learning_curves_cnn.csv")
 ARTEFACT_OF = {"tsne": "tsne.npz", "learning_curves": "learning_curves.csv", "gallery": "gallery.json",
-               "retrieval": "retrieval.json"}  # part -> its file in analysis/
+               "retrieval": "retrieval.json", "misclassified": "misclassified.json",
+               "learning_curves_cnn": "learning_curves_cnn.csv"}  # part -> its file in analysis/
 
 
 # --------------------------------------------------------------------------- helpers
@@ -602,6 +608,9 @@ def run_analysis(ctx) -> dict:
     # learning curves first: they test a claim (hand-crafted features need less data);
     # t-SNE is illustration and takes what is left of the budget
     _guarded(a, "learning_curves", a.learning_curves)
+    # issue 12's report sections: misclassified examples of the best row, CNN learning curve
+    _guarded(a, "misclassified", lambda: mistakes.run_part(a))
+    _guarded(a, "learning_curves_cnn", lambda: learning_cnn.run_part(a, nested_fraction))
     _guarded(a, "tsne", a.tsne)
     _guarded(a, "explain", lambda: a.explain(items))
     a.manifest["seconds"] = round(time.perf_counter() - t0, 2)

@@ -440,6 +440,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run" and args.config is None and Path("pipelines/default.yaml").exists():
         args.config = "pipelines/default.yaml"
     _setup_logging(args.verbose, args.quiet)
+    from . import provenance  # env.json records the command line of a run (the report's "Reproduce")
+    provenance.set_launch_argv(sys.argv[1:] if argv is None else argv)
     try:
         return args.func(args) or 0
     except BenchError as exc:
@@ -466,3 +468,5 @@ def main(argv: list[str] | None = None) -> int:
         print("hint: this is a bug in bench; rerun with --debug for the traceback and report it",
               file=sys.stderr)
         return 1
+    finally:
+        provenance.set_launch_argv(None)

@@ -252,5 +252,5 @@ def _finish_session(folder: RunFolder, env: dict, t_start: float) -> None:
     if isinstance(old, dict):
         with contextlib.suppress(Exception):
             env["sessions"] = old.get("sessions", []) + [
-                {k: old.get(k) for k in ("started", "finished", "duration_s", "command")}]
+                {k: old.get(k) for k in ("started", "finished", "duration_s", "command", "argv", "git")}]
     folder.write_json(ENV, env)

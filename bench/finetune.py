@@ -626,7 +626,7 @@ def run_cell(spec: dict, dataset, train_idx, test_idx, split: int, work_dir: Pat
     spec = validate_spec(spec, where)
     if on_missing_weights not in ("random", "error"):
         raise ConfigError(f"on_missing_weights: {on_missing_weights!r} is not one of random, error",
-                          _hint(on_missing_weights, ["random", "error"]))
+                          did_you_mean(on_missing_weights, ["random", "error"]) + "allowed: random, error")
     if dataset.modality not in ("gray", "rgb", "depth"):
         raise DataError(f"dataset {dataset.name!r}: unknown modality {dataset.modality!r}")
     train_idx = np.asarray(train_idx, dtype=np.int64)

@@ -15,6 +15,7 @@ from ..aggregate import METRIC_NAMES, best_by_family, fmt_ci, fmt_pm, not_pretra
 from . import plots
 from . import tables as T
 from .rundata import RunData
+from .sections import add_sections
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,7 @@ class Document:
         out = [self.key_table] if self.key_table is not None else []
         for s in self.sections:
             out += [b.value for b in s.blocks if b.kind == "table"]
+            out += [b.value["table"] for b in s.blocks if b.kind == "details" and b.value.get("table")]
         return out
 
     def table(self, prefix: str) -> T.Table | None:
@@ -85,7 +87,7 @@ class Document:
             for b in s.blocks:
                 if b.kind in ("figure", "explain"):
                     out.append(b.value)
-                elif b.kind in ("gallery", "retrieval") and b.value.get("png"):
+                elif b.kind in ("gallery", "retrieval", "mistakes") and b.value.get("png"):
                     out.append(FigureBlock(b.kind, b.value["png"], b.caption))
         if self.key_figure is not None and all(f.name != self.key_figure.name for f in out):
             out.insert(0, self.key_figure)
@@ -338,6 +340,9 @@ def build_document(rd: RunData) -> Document:
     for n in notes:
         s.add("note", n)
     sections.append(s)
+
+    # per-fold, per-class, inference cost, learning curves with CNN, mistakes, reproduce
+    add_sections(rd, sections, section_type=Section, figure_type=FigureBlock)
 
     key_fig = None
     if len(summary):

@@ -23,6 +23,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Circle, FancyBboxPatch, Rectangle
 
 from .. import __version__
+from . import sections
 from .document import Document, FigureBlock
 from .tables import Table
 
@@ -344,6 +345,8 @@ def write_report(doc: Document, path: Path) -> Path:
                         wr.paragraph("Packages: " + doc.packages, size=7.5, color=MUTED)
                 elif b.kind in ("gallery", "retrieval"):
                     wr.image(b.value["png"], b.caption)
+                elif b.kind in sections.KINDS:
+                    sections.pdf_block(wr, b)
                 elif b.kind == "links":
                     for label, href in b.value:
                         wr.paragraph(f"{label}: {href}", size=9)
