@@ -195,3 +195,16 @@ def test_walker_forms(tmp_path, src, expect):
         (pkg / f).write_text("")
     (pkg / "x.py").write_text(src)
     assert import_graph(pkg)["bench.x"] == expect
+
+
+def test_readme_layout_names_every_module_of_the_package():
+    """The README's layout paragraph names each module and subpackage of bench/."""
+    readme = (ROOT.parent / "README.md").read_text()
+    start = readme.index("Layout (docs/ARCHITECTURE.md")
+    layout = readme[start:readme.index("`docs/`.", start)]
+    names = {p.name for p in ROOT.glob("*.py") if p.name != "__init__.py"}
+    names |= {p.name + "/" for p in ROOT.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    perf = {n for n in names if n.startswith("perf")}  # `perf*.py`
+    missing = sorted(n for n in names - perf if f"`{n}`" not in layout)
+    assert not missing, f"README layout misses {missing}"
+    assert (ROOT.parent / "docs" / "ARCHITECTURE.md").exists()

@@ -37,7 +37,7 @@ def upsample(m: np.ndarray, hw, interpolation: str = "linear") -> np.ndarray:
 
 def class_scores(fitted, X) -> np.ndarray:
     """``predict_proba`` of a fitted classifier, else the softmax of its decision values
-    (the confidences the records store, see :func:`bench.engine.class_scores`)."""
+    (the confidences the records store, see :func:`bench.protocol.class_scores`)."""
     if hasattr(fitted, "predict_proba"):
         try:
             return np.asarray(fitted.predict_proba(X), dtype=np.float64)

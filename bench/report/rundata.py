@@ -1,6 +1,6 @@
 """Read a run folder into memory for the report (never touches the feature cache).
 
-Every file is optional except ``records.jsonl``: a partial run (killed, or analysis
+Every file is optional except the records (:mod:`bench.runfolder`): a partial run (killed, or analysis
 switched off) still yields a report, with the missing parts explained.
 """
 from __future__ import annotations
@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from .. import records as rec
+from .. import runfolder as rf
 from ..aggregate import METRIC_NAMES, csv_unescape, run_metric, summarize
 from ..runfolder import RunFolder
 
@@ -72,18 +73,18 @@ class RunData:
         folder = RunFolder.open(run_dir)
         run_dir = folder.path
         config = {}
-        if (run_dir / "config.yaml").exists():
+        if folder.file(rf.CONFIG).exists():
             import yaml
             try:
-                config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+                config = yaml.safe_load(folder.file(rf.CONFIG).read_text()) or {}
             except (OSError, yaml.YAMLError) as exc:
-                log.warning("cannot read config.yaml: %s", exc)
+                log.warning("cannot read %s: %s", rf.CONFIG, exc)
         records = folder.latest() if records is None else list(rec.latest_by_cell(records).values())
         rd = cls(run_dir=run_dir, run_id=run_dir.resolve().name, config=config,
-                 env=_read_json(run_dir / "env.json", {}) or {},
-                 dataset=_read_json(run_dir / "dataset.json", {}) or {},
-                 splits=_read_json(run_dir / "splits.json", {}) or {},
-                 features=_read_json(run_dir / "features.json", {}) or {},
+                 env=folder.read_json(rf.ENV, {}) or {},
+                 dataset=folder.read_json(rf.DATASET, {}) or {},
+                 splits=folder.read_json(rf.SPLITS, {}) or {},
+                 features=folder.read_json(rf.FEATURES_META, {}) or {},
                  records=records, summary=summarize(records, run_metric(run_dir)))
         rd._load_analysis()
         rd._load_finetune()
@@ -91,7 +92,7 @@ class RunData:
 
     # -- analysis artefacts
     def _load_analysis(self) -> None:
-        a = self.run_dir / "analysis"
+        a = self.run_dir / rf.ANALYSIS
         out: dict = {"dir": a, "manifest": _read_json(a / "manifest.json", {}) or {}}
         out["gallery"] = _read_json(a / "gallery.json")
         out["retrieval"] = _read_json(a / "retrieval.json")
