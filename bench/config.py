@@ -507,7 +507,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"{path}:{where} is not valid YAML ({getattr(exc, 'problem', exc)})",
                               "check indentation and quoting") from None
         except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"cannot read pipeline file {str(path)!r}: {exc}") from None
+            raise ConfigError(f"cannot read pipeline file {str(path)!r}: {exc}",
+                              "check that it is a readable UTF-8 text file") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of keys",
                               "see pipelines/default.yaml for the layout")
