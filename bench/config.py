@@ -48,7 +48,7 @@ DEFAULTS: dict[str, Any] = {
     "output": {"results_dir": "results", "reports_dir": "reports", "run_id": None,
                "formats": ["html", "pdf"]},
     "report": {"gallery": 12, "tsne": True, "learning_curves": True, "retrieval": True,
-               "explain": True, "analysis_budget_s": 120},
+               "explain": True, "analysis_budget_s": 120, "author": None, "contribution": None},
     "count": None,
     "on_missing_weights": "random",
     "on_bad_image": None,
@@ -374,6 +374,9 @@ def validate(cfg: dict) -> dict:
     for k in ("tsne", "learning_curves", "retrieval", "explain"):
         if not isinstance(rep[k], bool):
             raise _type_error(f"report.{k}", rep[k], "true or false")
+    for k in ("author", "contribution"):  # summary.pdf's name line and "Contribution" box
+        if rep[k] is not None and not isinstance(rep[k], str):
+            raise _type_error(f"report.{k}", rep[k], "text (or leave it out)")
 
     _check_choice("on_missing_weights", cfg["on_missing_weights"])
     if not isinstance(cfg["offline"], bool):
