@@ -438,8 +438,8 @@ def _summary_panels(run: _Run, comps: list) -> list[FigureBlock]:
     for i, r in enumerate(SUM.panel_rows(comps, run.summary)):
         cm = T.confusion(run.rd, T.key_of(r))
         if cm is not None:
-            fig = plots.confusion_grid([("", cm)], run.names, colorbar=False)
-            out.append(_figure(f"summary-confusion-{i + 1}", fig, SUM.panel_title(r)))
+            png = plots.to_png(plots.confusion_grid([("", cm)], run.names, colorbar=False), tight=True)
+            out.append(FigureBlock(f"summary-confusion-{i + 1}", png, SUM.panel_title(r), SUM.panel_title(r)))
     return out
 
 

@@ -68,11 +68,13 @@ def _wrap(text: str, width: int = 40, max_lines: int = 4) -> str:
     return "\n".join(lines).replace("$", r"\$")
 
 
-def to_png(fig: Figure, dpi: int = 150) -> bytes:
-    """PNG bytes of a figure (then closed: its memory is released)."""
+def to_png(fig: Figure, dpi: int = 150, tight: bool = False) -> bytes:
+    """PNG bytes of a figure (then closed: its memory is released); ``tight`` crops the
+    white border."""
     import io
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, facecolor="white")
+    fig.savefig(buf, format="png", dpi=dpi, facecolor="white", **({"bbox_inches": "tight", "pad_inches": 0.04}
+                                                                    if tight else {}))
     fig.clear()
     return buf.getvalue()
 
@@ -218,7 +220,8 @@ def _confusion_axes(ax, cm: np.ndarray, class_names: list[str], title: str, ylab
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
     ticks = [_short(c, 16) for c in class_names]
     fs = 8 if n <= 8 else 6
-    ax.set_xticks(range(n), ticks, rotation=45 if n > 3 else 0, ha="right" if n > 3 else "center",
+    tilt = n > 3 or max((len(t) for t in ticks), default=0) > 6
+    ax.set_xticks(range(n), ticks, rotation=45 if tilt else 0, ha="right" if tilt else "center",
                   fontsize=fs)
     ax.set_yticks(range(n), ticks if ylabels else [""] * n, fontsize=fs)
     ax.grid(False)
