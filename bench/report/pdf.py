@@ -206,8 +206,10 @@ class _Writer:
             self.need(len(lines) * lh)
         elif self.pending:
             self.need(3 * lh)
-        for ln in lines:
+        for k, ln in enumerate(lines):
             self.need(lh)
+            if k == 0:
+                self.log.append((self.page, "text", ln[:40]))
             self.text(MARGIN + indent, self.y, ln, fontsize=size, color=color, fontweight=weight, style=style,
                       va="top")
             self.y -= lh
@@ -245,9 +247,11 @@ class _Writer:
 
     def facts(self, facts, size: float = 8.5, key_w: float = 1.7) -> None:
         lh = size * 1.45 / 72
-        for k, v in facts:
+        for i, (k, v) in enumerate(facts):
             lines = wrap(v, self.content_w - key_w, size)
             self.need(lh * len(lines))
+            if i == 0:
+                self.log.append((self.page, "facts", str(k)))
             self.text(MARGIN, self.y, str(k), fontsize=_fit_size(str(k), key_w - 0.1, size, True), color=MUTED,
                       fontweight="bold", va="top")
             for ln in lines:
@@ -370,6 +374,7 @@ def draw_table(wr: _Writer, t: Table, size: float = 7.0, width: float | None = N
 
     first = head_h + sum(h for _, h in laid[:3]) + (cap_h if len(laid) <= 3 else 0)
     wr.need(min(first, wr.page_h - 0.2))
+    wr.log.append((wr.page, "table", t.name))
     header()
     for i, (row, (lines, rh)) in enumerate(zip(rows, laid)):
         last = i == len(rows) - 1
