@@ -375,6 +375,9 @@ def validate(cfg: dict) -> dict:
     for k in ("tsne", "learning_curves", "retrieval", "explain"):
         if not isinstance(rep[k], bool):
             raise _type_error(f"report.{k}", rep[k], "true or false")
+    for k in ("author", "contribution"):  # summary.pdf's name line and "Contribution" box
+        if rep[k] is not None and not isinstance(rep[k], str):
+            raise _type_error(f"report.{k}", rep[k], "text (or leave it out)")
 
     _check_choice("on_missing_weights", cfg["on_missing_weights"])
     if not isinstance(cfg["offline"], bool):

@@ -107,6 +107,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "retrieval": K(True, doc="true (4 queries), false, or a number of queries"),
         "explain": K(True),
         "analysis_budget_s": K(120, doc="seconds for the analysis parts"),
+        "author": K(None, doc="name(s) on summary.pdf"),
+        "contribution": K(None, doc="text of summary.pdf's Contribution box (empty box if unset)"),
     },
     "finetune": {  # keys of every mode; the engine reads "folds"
         "label": K(DERIVED, doc="default <backbone>-<mode>, or scratch-cnn"),

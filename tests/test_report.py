@@ -41,7 +41,7 @@ def test_all_outputs_exist(full):
     for key in ("html", "pdf", "summary_pdf"):
         assert paths[key].is_file() and paths[key].stat().st_size > 1000, key
     figs = {p.stem for p in paths["figures"].glob("*.png")}
-    assert {"scores", "scores-top", "cost", "confusion", "per-class-f1", "tsne", "learning-curves", "gallery",
+    assert {"scores", "cost", "confusion", "per-class-f1", "tsne", "learning-curves", "gallery",
             "retrieval", "finetune"} <= figs
     for p in paths["figures"].glob("*.png"):
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -122,18 +122,25 @@ def test_verdict_sentence(html):
     m = re.search(r'<div class="verdict">(.*?)</div>', html, re.S)
     assert m
     v = m.group(1)
-    assert "macro-F1 points" in v and "corrected t-test p" in v and "McNemar p" in v
+    assert "macro-F1 points" in v and "corrected resampled t-test over 5 folds, p" in v
+    assert "McNemar on pooled predictions" in v  # agrees or disagrees, said in the same sentence
     assert ("beats" in v) != ("No significant difference" in v)
 
 
-def _table_rows(html: str, table_id: str) -> list[list[tuple[str, str | None]]]:
-    """``[(text, data-sort)]`` per cell of each body row of the HTML table ``table_id``."""
+def _table_rows(html: str, table_id: str, with_sub: bool = False) -> list[list[tuple]]:
+    """``[(text, data-sort)]`` (``with_sub``: ``(text, data-sort, second line)``) per cell of each
+    body row of the HTML table ``table_id``."""
     body = re.search(rf'id="{table_id}".*?<tbody>(.*?)</tbody>', html, re.S).group(1)
     rows = []
     for tr in re.findall(r"<tr[^>]*>(.*?)</tr>", body, re.S):
         cells = re.findall(r'<td([^>]*)>(.*?)</td>', tr, re.S)
-        rows.append([(re.sub(r"<[^>]+>.*", "", text, flags=re.S).strip(),
-                      (re.search(r'data-sort="([^"]*)"', attrs) or [None, None])[1]) for attrs, text in cells])
+        row = []
+        for attrs, text in cells:
+            sub = re.search(r'<span class="sub">(.*?)</span>', text, re.S)
+            cell = (re.sub(r"<[^>]+>.*", "", text, flags=re.S).strip(),
+                    (re.search(r'data-sort="([^"]*)"', attrs) or [None, None])[1])
+            row.append(cell + ((sub.group(1) if sub else "",) if with_sub else ()))
+        rows.append(row)
     return rows
 
 
@@ -155,26 +162,30 @@ def test_displayed_corrected_ttest_recomputed_from_the_records(full, html):
     for r in recs:
         if r["status"] == "ok" and not r["variant"]:
             by_label.setdefault(f"{r['feature']} + {r['classifier']}", {})[r["split"]] = r
-    rows = _table_rows(html, "t-statistics")
+    rows = _table_rows(html, "t-statistics", with_sub=True)
+    head = re.search(r'id="t-statistics".*?<thead>(.*?)</thead>', html, re.S).group(1)
+    cols = [re.sub(r"<[^>]+>", "", c).strip() for c in re.findall(r"<th[^>]*>(.*?)</th>", head, re.S)]
+    assert cols[2:5] == ["Δ macro-F1 (points)", "Corrected t-test p", "McNemar p"]
     assert len(rows) >= 2
     for cells in rows:
         la, lb = (c[0].replace(" [random-init]", "") for c in cells[:2])
         ra, rb = by_label[la], by_label[lb]
         common = sorted(set(ra) & set(rb))
-        assert int(cells[3][0]) == len(common) == 5
+        assert cells[2][2] == f"{len(common)} splits" and len(common) == 5
         n_train = [ra[s]["n_train"] for s in common]
         n_test = [ra[s]["n_test"] for s in common]
         assert 0.2 < np.mean(n_test) / np.mean(n_train) < 0.3        # 5 folds: test / train = 1/4
         t, p = _nadeau_bengio([ra[s]["macro_f1"] for s in common], [rb[s]["macro_f1"] for s in common],
                               n_train, n_test)
-        assert float(cells[4][1]) == pytest.approx(t, rel=1e-9)
-        assert float(cells[5][1]) == pytest.approx(p, rel=1e-9)
-        assert cells[5][0] == tables.fmt_p(p)                        # the text a reader sees
-        assert abs(float(cells[5][0].lstrip("< ")) - p) < 0.005 or p < 0.001
-    # the verdict quotes the first comparison's p-value
-    first_p = tables.fmt_p(float(rows[0][5][1]))
+        assert cells[3][2] == f"t = {t:.2f}, 5 folds"                  # t on the p-value's second line
+        assert float(cells[3][1]) == pytest.approx(p, rel=1e-9)
+        assert cells[3][0] == tables.fmt_p(p)                        # the text a reader sees
+        assert abs(float(cells[3][0].lstrip("< ")) - p) < 0.005 or p < 0.001
+    # the verdict quotes the first comparison's p-value and names the test
+    first_p = tables.fmt_p(float(rows[0][3][1]))
     verdict = re.search(r'<div class="verdict">(.*?)</div>', html, re.S).group(1)
-    assert f"corrected t-test p = {first_p}" in verdict or f"corrected t-test p {first_p}" in verdict
+    assert (f"corrected resampled t-test over 5 folds, p = {first_p}" in verdict
+            or f"corrected resampled t-test over 5 folds, p {first_p}" in verdict)
 
 
 def test_every_embedded_image_decodes_completely(html):
@@ -305,9 +316,35 @@ def test_verdict_wording(full):
                             McNemarResult(20, 8, 60, 4.3, 0.01, "chi2-cc"), 5, 0.031)
     v = tables.verdict(sig)
     assert v.startswith(tables.label_of(c.a) + " beats ") and "by 3.1 macro-F1 points" in v
-    assert "corrected t-test p = 0.04; McNemar p = 0.01" in v
+    assert ("(corrected resampled t-test over 5 folds, p = 0.04; McNemar on pooled predictions agrees, "
+            "p = 0.01)") in v
     ns = tables.Comparison(c.a, c.b, TTestResult(0.01, 1.0, 0.3, 4, 5, 0.25), None, 5, 0.01)
     assert tables.verdict(ns).startswith("No significant difference between")
+    assert "corrected resampled t-test over 5 folds, p = 0.30" in tables.verdict(ns)
+    assert "McNemar" not in tables.verdict(ns)
+
+
+def test_verdict_says_when_mcnemar_disagrees(full):
+    """The real X-ray case of issue 12: t-test p = 0.0501, McNemar p < 0.001. The headline follows
+    the t-test and the same sentence says McNemar disagrees, and why."""
+    rd = RunData.load(full[0])
+    c = tables.family_comparisons(rd)[0]
+    from bench.stats import McNemarResult, TTestResult
+    t_ns = TTestResult(0.02, 2.7, 0.0501, 4, 5, 0.25)
+    v = tables.verdict(tables.Comparison(c.a, c.b, t_ns, McNemarResult(40, 9, 480, 18.4, 0.0002, "chi2-cc"),
+                                         5, 0.02))
+    assert v.startswith("No significant difference between") and v.count(".") >= 1
+    assert "(corrected resampled t-test over 5 folds, p = 0.0501)" in v
+    assert "McNemar on pooled predictions disagrees (p < 0.001)" in v
+    assert "fold to fold" in v and v.endswith(".") and "\n" not in v
+    # the reverse: the t-test finds a difference, McNemar on pooled counts does not
+    v = tables.verdict(tables.Comparison(c.a, c.b, TTestResult(0.02, 4.1, 0.01, 4, 5, 0.25),
+                                         McNemarResult(12, 8, 480, 0.45, 0.5, "exact"), 5, 0.02))
+    assert " beats " in v and "McNemar on pooled predictions disagrees (p = 0.50)" in v
+    # no t-test (one common split): the verdict follows McNemar and says so
+    v = tables.verdict(tables.Comparison(c.a, c.b, None, McNemarResult(30, 5, 60, 16.5, 0.0001, "exact"), 1,
+                                         0.05, "a single common split allows no t-test"))
+    assert "beats" in v and "(McNemar on pooled predictions, p < 0.001; no t-test: a single common split" in v
 
 
 # --------------------------------------------------------------------------- analysis artefacts

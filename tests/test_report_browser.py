@@ -113,14 +113,145 @@ def test_leaderboard_sorts_on_header_click(driver, report_html):
     def click(el):  # the header may sit under the sticky menu or off the scrolled table: click via JS
         driver.execute_script("arguments[0].scrollIntoView({block: 'center'}); arguments[0].click();", el)
 
-    click(headers[fit])  # numeric column: first click sorts descending
+    button = headers[fit].find_element("css selector", "button.sort")
+    click(button)  # numeric column: first click sorts descending
     v = [float(x) for x in first_col("t-leaderboard", fit) if x not in (None, "")]
     assert v == sorted(v, reverse=True)
-    click(headers[fit])
+    click(button)
     v = [float(x) for x in first_col("t-leaderboard", fit) if x not in (None, "")]
     assert v == sorted(v)
     assert driver.find_elements("css selector", "#t-leaderboard th[aria-sort='ascending']")
     assert not [e for e in driver.get_log("browser") if e.get("level") == "SEVERE"]
+
+
+def test_sorting_works_from_the_keyboard(driver, report_html):
+    """Tab to a header's button and press Enter (then Space): the rows sort, aria-sort says how."""
+    from selenium.webdriver.common.keys import Keys
+    driver.get(report_html.resolve().as_uri())
+    buttons = driver.find_elements("css selector", "#t-leaderboard thead th button.sort")
+    names = [b.text.strip() for b in buttons]
+    col = names.index("Fit s")
+    th = driver.find_elements("css selector", "#t-leaderboard thead th")[col]
+    assert th.get_attribute("aria-sort") is None
+    driver.execute_script("arguments[0].focus()", buttons[col])
+    assert driver.switch_to.active_element == buttons[col]        # reachable by focus (a real button)
+    buttons[col].send_keys(Keys.ENTER)
+    vals = driver.execute_script(
+        f"return Array.from(document.querySelectorAll('#t-leaderboard tbody tr')).map(r => r.cells[{col}]"
+        ".getAttribute('data-sort'))")
+    v = [float(x) for x in vals if x not in (None, "")]
+    assert v == sorted(v, reverse=True) and th.get_attribute("aria-sort") == "descending"
+    buttons[col].send_keys(Keys.SPACE)
+    assert th.get_attribute("aria-sort") == "ascending"
+    assert all(b.get_attribute("type") == "button" for b in buttons)
+
+
+# --------------------------------------------------------------------------- layout (issue 12)
+LONG = [dict(label="lbp+efficientnet_lite0-block4-gap-multiscale", family="hybrid", weights="imagenet",
+             skill=0.8, dim=1334, ms=25.0),
+        dict(label="efficientnet_lite0-gap-tta-highres", family="deep", weights="random-init", skill=0.5,
+             dim=1280, ms=61.0)]
+
+
+@pytest.fixture(scope="module")
+def wide_html(tmp_path_factory):
+    """The widest report we make: long feature names, the random-init tag, variant rows, a CNN
+    row (trainable params column), imbalanced classes (balanced accuracy kept), 4 classifiers."""
+    import json
+    root = tmp_path_factory.mktemp("wide")
+    run = make_fake_run(root / "runs", features=FEATURES[:2] + FEATURES[3:] + LONG, random_split=True,
+                        classifiers={"random_forest": 0.0, "svm-rbf": 0.03, "logreg": 0.0, "knn": -0.05},
+                        analysis=False)
+    ds = json.loads((run / "dataset.json").read_text())
+    ds["labels"] = [0] * 30 + [1] * 20 + [2] * 10                 # what the balance test reads
+    (run / "dataset.json").write_text(json.dumps(ds))
+    return report.build(run, root / "report", formats=("html",))["html"]
+
+
+def _viewport(driver, width, height=800):
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                           {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False})
+
+
+TABLE_FIT = """return Array.from(document.querySelectorAll('table.data')).map(t =>
+    [t.id, t.scrollWidth, t.parentElement.clientWidth, t.closest('section').clientWidth])"""
+
+
+@pytest.mark.parametrize("fixture", ["report_html", "wide_html"])
+def test_tables_fit_a_1280_window(driver, request, fixture):
+    page = request.getfixturevalue(fixture)
+    _viewport(driver, 1280)
+    try:
+        driver.get(page.resolve().as_uri())
+        sizes = driver.execute_script(TABLE_FIT)
+        assert len(sizes) >= 5
+        over = [s for s in sizes if s[1] > s[2] or s[2] > s[3]]
+        assert not over, f"tables wider than their card at 1280 px (id, scrollWidth, clientWidth): {over}"
+        heads = driver.execute_script("return Array.from(document.querySelectorAll('#t-leaderboard th'))"
+                                      ".map(h => h.textContent.trim())")
+        if fixture == "wide_html":
+            assert "Balanced acc. %" in heads and "Trainable params" in heads and "Feature dim" in heads
+        else:
+            assert "Balanced acc. %" not in heads
+        doc = driver.execute_script("return [document.documentElement.scrollWidth, window.innerWidth]")
+        assert doc[0] <= doc[1]
+    finally:
+        driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+
+
+def test_stacked_cards_at_400_px(driver, wide_html):
+    _viewport(driver, 400)
+    try:
+        driver.get(wide_html.resolve().as_uri())
+        state = driver.execute_script("""
+            var t = document.querySelector('#t-leaderboard'), td = t.querySelector('tbody td');
+            return [getComputedStyle(td).display, getComputedStyle(t.querySelector('tbody tr')).display,
+                    t.tHead.getBoundingClientRect().height,
+                    getComputedStyle(td, '::before').content, td.getAttribute('data-label')];""")
+        display, tr_display, head_h, label, data_label = state
+        assert display == "grid" and tr_display == "block" and head_h <= 1
+        assert label.strip('"') == data_label == "#"                 # each value labelled by its column
+        sizes = driver.execute_script(TABLE_FIT)
+        assert not [s for s in sizes if s[1] > s[2]], sizes
+        doc = driver.execute_script("return [document.documentElement.scrollWidth, window.innerWidth]")
+        assert doc[0] <= doc[1]
+    finally:
+        driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+    _viewport(driver, 1280)
+    try:
+        driver.get(wide_html.resolve().as_uri())
+        assert driver.execute_script("return getComputedStyle(document.querySelector('#t-leaderboard tbody td'))"
+                                     ".display") == "table-cell"
+    finally:
+        driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+
+
+def test_printing_the_html_keeps_every_leaderboard_column(driver, wide_html, tmp_path):
+    """Chromium's print to PDF (the page's own A4 size): every header and every cell of every
+    leaderboard row is in the PDF's text."""
+    import base64
+    import re
+    pypdf = pytest.importorskip("pypdf", reason="pypdf is in the test extra: pip install -e .[test]")
+    driver.get(wide_html.resolve().as_uri())
+    cells = driver.execute_script("""
+        var t = document.querySelector('#t-leaderboard');
+        return [Array.from(t.tHead.rows[0].cells).map(c => c.textContent.trim()),
+                Array.from(t.tBodies[0].rows).map(r => Array.from(r.cells).map(c => c.textContent.trim()))];""")
+    heads, rows = cells
+    assert len(heads) == 13 and len(rows) >= 20   # balanced acc. and trainable params included
+    pdf = driver.execute_cdp_cmd("Page.printToPDF", {"preferCSSPageSize": True, "printBackground": True})
+    path = tmp_path / "printed.pdf"
+    path.write_bytes(base64.b64decode(pdf["data"]))
+    reader = pypdf.PdfReader(path)
+    w, h = float(reader.pages[0].mediabox.width), float(reader.pages[0].mediabox.height)
+    assert w > h                                                     # A4 landscape, from the print CSS
+    import unicodedata  # Chromium sets "fi" as a ligature glyph: NFKC reads it back as two letters
+    text = re.sub(r"\s+", "", unicodedata.normalize("NFKC", "".join(p.extract_text() for p in reader.pages)))
+    missing = [c for c in heads if re.sub(r"\s+", "", c) not in text]
+    assert not missing, f"leaderboard columns missing from the printout: {missing}"
+    for r in rows:
+        lost = [c for c in r if c and re.sub(r"\s+", "", c) not in text]
+        assert not lost, f"cells missing from the printout: {lost}"
 
 
 def test_suite_report_opens_and_links_to_each_dataset_report(driver, tmp_path):

@@ -5,7 +5,8 @@ analysis artefacts; never the feature cache) and writes ``reports/<run-id>/``::
 
     report.html    self-contained (images base64, inline CSS/JS), sortable tables
     report.pdf     the same content on A4 landscape pages
-    summary.pdf    exactly one page: verdict, top rows, key plot
+    summary.pdf    one A4 page to hand in: verdict, methods, family table, two confusion
+                   matrices, caveats, a Contribution box
     figures/*.png  every figure
     tables/*.csv   every table as displayed (rebuilds can be diffed)
 
@@ -45,7 +46,7 @@ def _check_formats(formats: Iterable[str]) -> tuple[str, ...]:
 
 
 def _write(doc, out: Path, formats: tuple[str, ...]) -> dict[str, Path]:
-    from . import html, pdf
+    from . import html, pdf, summary_pdf
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -73,7 +74,7 @@ def _write(doc, out: Path, formats: tuple[str, ...]) -> dict[str, Path]:
         paths["html"] = html.write(doc, out / "report.html")
     if "pdf" in formats:
         paths["pdf"] = pdf.write_report(doc, out / "report.pdf")
-        paths["summary_pdf"] = pdf.write_summary(doc, out / "summary.pdf")
+        paths["summary_pdf"] = summary_pdf.write_summary(doc, out / "summary.pdf")
     paths["figures"] = fig_dir
     paths["tables"] = tab_dir
     return paths

@@ -11,9 +11,11 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from .. import stats
-from ..aggregate import METRIC_NAMES, best_by_family, fmt_ci, fmt_pm, not_pretrained_families, sort_summary
+from ..aggregate import METRIC_NAMES, best_by_family, fmt_ci, fmt_pm, is_random_init, not_pretrained_families, sort_summary
 from . import plots
+from . import summary as SUM
 from . import tables as T
+from .labels import Palette, feature_name, model_of
 from .rundata import RunData
 from .sections import add_sections
 
@@ -69,6 +71,13 @@ class Document:
     packages: str = ""
     kind: str = "report"
     banner: list = field(default_factory=list)   # warning lines shown above everything (weights)
+    # the one-page hand-in (summary.pdf; methods and caveats also in the HTML summary)
+    methods: str = ""
+    caveats: list = field(default_factory=list)
+    author: str = ""
+    contribution: str = ""
+    summary_table: T.Table | None = None
+    summary_panels: list = field(default_factory=list)
 
     def tables(self) -> list[T.Table]:
         out = [self.key_table] if self.key_table is not None else []
@@ -138,224 +147,307 @@ def _counting_section(counts, rmse) -> Section:
 
 
 # --------------------------------------------------------------------------- a run
-def build_document(rd: RunData) -> Document:
-    summary = rd.summary
-    names = rd.class_names
-    datasets = rd.datasets or [rd.dataset.get("name", "")]
-    multi = len(datasets) > 1
-    sections: list[Section] = []
+@dataclass
+class _Run:
+    """What every section builder of one run needs, computed once."""
 
-    # verdicts (one per dataset)
+    rd: RunData
+    summary: pd.DataFrame        # with hybrid extraction times including their parts
+    names: list
+    datasets: list
+    multi: bool
+    palette: Palette
+    balanced: bool | None
+
+    @classmethod
+    def of(cls, rd: RunData) -> "_Run":
+        summary = T.with_part_costs(rd.summary, rd.features) if len(rd.summary) else rd.summary
+        models = list(rd.finetune["model"].unique()) if rd.finetune is not None and len(rd.finetune) else []
+        datasets = rd.datasets or [rd.dataset.get("name", "")]
+        return cls(rd, summary, rd.class_names, datasets, len(datasets) > 1,
+                   Palette.of_summary(summary, models), T.classes_balanced(T.class_counts(rd)))
+
+
+def build_document(rd: RunData) -> Document:
+    """The document of one run: summary (verdicts, key facts, top rows, the hand-in's parts)
+    and one section per question, each built by its own function below."""
+    run = _Run.of(rd)
+    verdicts, comps = _verdicts(run)
+    sections = [_leaderboard_section(run), *_family_sections(run), _statistics_section(run, comps),
+                _classes_section(run), _tsne_section(run), _learning_section(run), _gallery_section(run),
+                _retrieval_section(run), _explain_section(rd), _finetune_section(run),
+                _counting_of(run), _failed_section(run), _environment_section(run)]
+    sections = [s for s in sections if s is not None]
+    # per-fold, per-class, inference cost, learning curves with CNN, mistakes, reproduce
+    add_sections(rd, sections, section_type=Section, figure_type=FigureBlock)
+    ds_name = rd.dataset.get("name") or ", ".join(run.datasets)
+    author, contribution = SUM.contribution(rd)
+    return Document(title=f"{ds_name}: hand-crafted vs deep features", subtitle=f"run {rd.run_id}",
+                    run_id=rd.run_id, facts=[f for f in T.header_facts(rd) if f[0] in KEY_FACTS],
+                    verdicts=verdicts, key_table=_key_table(run), key_figure=None, sections=sections,
+                    packages=T.packages_text(rd), banner=T.weights_banner(rd),
+                    methods=SUM.methods_line(rd, run.summary), caveats=SUM.caveats(rd, run.summary),
+                    author=author, contribution=contribution, summary_table=_summary_table(run),
+                    summary_panels=_summary_panels(run, comps))
+
+
+def _verdicts(run: _Run) -> tuple[list[str], list]:
+    """One verdict per dataset (shown once, in the summary) and every family comparison."""
     verdicts, comps_all = [], []
-    for ds in datasets:
-        comps = T.family_comparisons(rd, ds if len(summary) else None)
+    summary = run.summary
+    for ds in run.datasets:
+        comps = T.family_comparisons(run.rd, ds if len(summary) else None)
         fams = list(best_by_family(summary, dataset=ds).keys()) if len(summary) else []
         unp = list(not_pretrained_families(summary, dataset=ds)) if len(summary) else []
         v = T.verdict(comps[0] if comps else None, fams, unp)
-        verdicts.append(f"{ds}: {v}" if multi else v)
+        verdicts.append(f"{ds}: {v}" if run.multi else v)
         comps_all += comps
+    return verdicts, comps_all
 
-    key_table = None
-    if len(summary):
-        key_table = T.leaderboard(sort_summary(summary[summary["variant"] == ""], rd.metric), top=8,
-                                  name="top-rows")
-        key_table = key_table.select(KEY_COLUMNS)
-        ranked = METRIC_NAMES[rd.metric]  # protocol.metric
-        key_table.caption = (f"Top rows by mean {ranked} (main protocol): mean ± std over folds, "
-                             "95% interval "
-                             "below. The full leaderboard follows.")
-        if T.is_predefined(rd):
-            key_table.caption = (f"Top rows by {ranked} on the " + _spread_words(rd)
-                                 + " The full leaderboard follows.")
 
-    # leaderboard
+def _key_table(run: _Run) -> T.Table | None:
+    if not len(run.summary):
+        return None
+    main = run.summary[run.summary["variant"] == ""]
+    ranked = METRIC_NAMES[run.rd.metric]  # protocol.metric
+    key = T.leaderboard(sort_summary(main, run.rd.metric), top=8, name="top-rows",
+                        balanced=run.balanced).select(KEY_COLUMNS)
+    key.caption = (f"Top rows by mean {ranked} (main protocol): mean ± std over folds, 95% interval below. "
+                   "The full leaderboard follows.")
+    if T.is_predefined(run.rd):
+        key.caption = f"Top rows by {ranked} on the " + _spread_words(run.rd) + " The full leaderboard follows."
+    return key
+
+
+def _leaderboard_section(run: _Run) -> Section:
     s = Section("leaderboard", "Leaderboard")
-    if len(summary):
-        board = T.leaderboard(summary)  # summary: ranked by protocol.metric (RunData)
-        board.caption = f"Ranked by mean {METRIC_NAMES[rd.metric]} (protocol.metric). " + board.caption
-        if T.is_predefined(rd):
-            board.caption = f"Ranked by {METRIC_NAMES[rd.metric]}. Scores on the " + _spread_words(rd)
-        s.add("table", board)
-        bar = _figure("scores", plots.bar_chart(summary),
-                      "Macro-F1 of every feature × classifier row: mean over folds, bars = 95% interval. "
-                      "Hatched bars use random-init weights.")
-        s.add("figure", bar)
-    else:
-        s.add("note", "No records yet: the run has not finished any cell.")
-        bar = None
-    sections.append(s)
+    summary = run.summary
+    if not len(summary):
+        return s.add("note", "No records yet: the run has not finished any cell.")
+    board = T.leaderboard(summary, balanced=run.balanced)  # summary: ranked by protocol.metric (RunData)
+    ranked = METRIC_NAMES[run.rd.metric]
+    board.caption = f"Ranked by mean {ranked} (protocol.metric). " + board.caption
+    if T.is_predefined(run.rd):
+        board.caption = f"Ranked by {ranked}. Scores on the " + _spread_words(run.rd) + " " + board.caption
+    s.add("table", board)
+    rows = plots.bar_rows(summary)
+    return s.add("figure", _figure("scores", plots.bar_chart(summary, palette=run.palette), _bar_caption(rows)))
 
-    # families
-    if len(summary):
-        s = Section("families", "Hand-crafted vs deep")
-        for ds in datasets:
-            t = T.family_table(summary, ds)
-            if multi:
-                t.caption = f"{ds}: " + t.caption
-            s.add("table", t)
-        sections.append(s)
 
-        s = Section("cost", "Accuracy against cost")
-        cost = _figure("cost", plots.cost_plot(summary, _n_images(rd)),
-                       "Mean macro-F1 against cost (feature extraction for all images + one fit, seconds, "
-                       "log "
-                       "scale); vertical lines are 95% intervals; outlined points form the Pareto front: no "
-                       "other row is both cheaper and better.")
-        s.add("figure", cost)
-        sections.append(s)
+def _bar_caption(rows: pd.DataFrame) -> str:
+    """Says what the bar chart shows: how many rows, the interval, the hatches present."""
+    n = len(rows)
+    cap = (f"Macro-F1 of {'the ' + str(n) + ' rows' if n > 1 else 'the row'} of the leaderboard: mean "
+           "over folds, whiskers = 95% interval; colour = family")
+    cap += ", end-to-end models each in their own shade." if (rows["family"] == "cnn").any() else "."
+    if rows["weights"].map(is_random_init).any():
+        cap += " Hatched (///): random-init weights."
+    variants = list(dict.fromkeys(v for v in rows["variant"] if v))
+    if variants:
+        cap += " Dotted, faded: variant rows (" + ", ".join(variants) + ")."
+    return cap
 
-    # statistics
+
+def _family_sections(run: _Run) -> list[Section]:
+    if not len(run.summary):
+        return []
+    s = Section("families", "Hand-crafted vs deep")
+    for ds in run.datasets:
+        t = T.family_table(run.summary, ds, run.rd, _n_images(run.rd))
+        if run.multi:
+            t.caption = f"{ds}: " + t.caption
+        s.add("table", t)
+    c = Section("cost", "Accuracy against cost")
+    main = run.summary[run.summary["variant"] == ""]
+    cap = (f"Mean macro-F1 of {len(main)} rows against cost (feature extraction for all images + one fit, "
+           "seconds, log scale); vertical lines are 95% intervals; outlined points form the Pareto front: no "
+           "other row is both cheaper and better; marker = classifier.")
+    c.add("figure", _figure("cost", plots.cost_plot(run.summary, _n_images(run.rd), palette=run.palette), cap))
+    return [s, c]
+
+
+def _statistics_section(run: _Run, comps: list) -> Section:
+    """The paired tests behind the verdict (the verdict itself is in the summary, once)."""
     s = Section("statistics", "Statistics")
-    for v in verdicts:
-        s.add("text", v)
-    if comps_all:
-        s.add("table", T.comparisons_table(comps_all))
+    if comps:
+        s.add("table", T.comparisons_table(comps))
     else:
         s.add("note", "Fewer than two feature families finished: no paired test to run.")
-    if multi:
-        _ranks_block(s, summary, "within-run")
-    sections.append(s)
+    if run.multi:
+        _ranks_block(s, run.summary, "within-run", run.palette)
+    return s
 
-    # per class
+
+def _best_rows(run: _Run) -> list:
+    if not len(run.summary):
+        return []
+    rows = [r for ds in run.datasets for r in best_by_family(run.summary, dataset=ds).values()]
+    own = run.rd.dataset.get("name")
+    return [r for r in rows if not run.multi or r["dataset"] == own]
+
+
+def _classes_section(run: _Run) -> Section:
     s = Section("classes", "Per-class results")
-    best_rows = [r for ds in datasets for r in best_by_family(summary, dataset=ds).values()] \
-        if len(summary) else []
-    own = rd.dataset.get("name")
-    best_rows = [r for r in best_rows if not multi or r["dataset"] == own]
-    if best_rows:
-        panels = []
-        for r in best_rows:
-            cm = T.confusion(rd, T.key_of(r))
-            fam = T.FAMILY_TITLES.get(r["family"], r["family"])
-            if cm is None:
-                s.add("note", f"{T.label_of(r)}: no saved predictions, no confusion matrix.")
-            elif len(names) <= T.MAX_CONFUSION_CLASSES:
-                panels.append((f"{fam}\n{T.label_of(r)}", cm))
-            else:
-                t = T.top_confusions(cm, names, name=f"confusions-{T.css_token(r['family'])}")
-                t.caption = f"{fam}: {T.label_of(r)}. " + t.caption
-                s.add("table", t)
-        if panels:
-            s.add("figure", _figure("confusion", plots.confusion_grid(panels, names),
-                                    "Confusion matrices of the best row of each family (out-of-fold "
-                                    "predictions "
-                                    "of the first repeat; colour = share of the true class, numbers = "
-                                    "images)."))
-        f1 = T.per_class_f1(rd, best_rows)
-        if not f1.empty:
-            s.add("figure", _figure("per-class-f1", plots.per_class_heatmap(f1),
-                                    "Per-class F1 (out-of-fold) of the best row of each family."))
-    else:
-        s.add("note", "No finished row.")
-    sections.append(s)
+    best_rows = _best_rows(run)
+    if not best_rows:
+        return s.add("note", "No finished row.")
+    panels = []
+    for r in best_rows:
+        cm = T.confusion(run.rd, T.key_of(r))
+        fam = T.FAMILY_TITLES.get(r["family"], r["family"])
+        if cm is None:
+            s.add("note", f"{T.label_of(r)}: no saved predictions, no confusion matrix.")
+        elif len(run.names) <= T.MAX_CONFUSION_CLASSES:
+            panels.append((f"{fam}\n{T.label_of(r)}", cm))
+        else:
+            t = T.top_confusions(cm, run.names, name=f"confusions-{T.css_token(r['family'])}")
+            t.caption = f"{fam}: {T.label_of(r)}. " + t.caption
+            s.add("table", t)
+    first = "of the first repeat; " if (run.rd.splits or {}).get("n_repeats", 1) > 1 else ""
+    if panels:
+        fams = ", ".join(p[0].split("\n")[0] for p in panels)
+        s.add("figure", _figure("confusion", plots.confusion_grid(panels, run.names),
+                                f"Confusion matrices of the best row of each family ({fams}): out-of-fold "
+                                f"predictions {first}colour = share of the true class, numbers = images."))
+    f1 = T.per_class_f1(run.rd, best_rows)
+    if not f1.empty:
+        s.add("figure", _figure("per-class-f1", plots.per_class_heatmap(f1),
+                                f"Per-class F1 (out-of-fold) of {f1.shape[1]} rows, the best of each family, "
+                                f"over {f1.shape[0]} classes" + (" (the hardest 150 shown)"
+                                                                  if f1.shape[0] > plots.MAX_HEATMAP_CLASSES
+                                                                  else "") + "."))
+    return s
 
-    # t-SNE
+
+def _manifest_notes(rd: RunData) -> list[str]:
+    return list((rd.analysis.get("manifest") or {}).get("notes") or [])
+
+
+def _tsne_section(run: _Run) -> Section:
     s = Section("tsne", "Feature spaces (t-SNE)")
+    rd = run.rd
     tsne = rd.analysis.get("tsne")
-    if tsne is not None and len(tsne.get("features", [])):
-        info = ((rd.analysis.get("manifest") or {}).get("parts", {}).get("tsne") or {}).get("features") or []
-        s.add("figure", _figure("tsne", plots.tsne_figure(tsne, names, info),
-                                f"t-SNE of {len(tsne['index'])} images (standardised, PCA to 50 dimensions) "
-                                "in each feature space; colours are classes."))
-        if any(i.get("fold_stage_fit_on_plotted_images") for i in info):
-            s.add("note", "* Features with a fold stage (e.g. a SIFT codebook) were encoded with that "
-                          "stage fitted "
-                          "on the plotted images themselves, for this picture only; every score fits it on "
-                          "training folds only.")
-    else:
-        s.add("note", _analysis_reason(rd, "tsne", "t-SNE"))
-    sections.append(s)
+    if tsne is None or not len(tsne.get("features", [])):
+        return s.add("note", _analysis_reason(rd, "tsne", "t-SNE"))
+    info = ((rd.analysis.get("manifest") or {}).get("parts", {}).get("tsne") or {}).get("features") or []
+    s.add("figure", _figure("tsne", plots.tsne_figure(tsne, run.names, info, palette=run.palette),
+                            f"t-SNE of {len(tsne['index'])} images (standardised, PCA to 50 dimensions) in "
+                            f"each of {len(tsne['features'])} feature spaces; colours are classes, panel "
+                            "frames the family."))
+    if any(i.get("fold_stage_fit_on_plotted_images") for i in info):
+        s.add("note", TSNE_NOTE)
+    return s
 
-    # learning curves
+
+TSNE_NOTE = ("* Features with a fold stage (e.g. a SIFT codebook) were encoded with that stage fitted on the "
+             "plotted images themselves, for this picture only; every score fits it on training folds only.")
+
+
+def _learning_section(run: _Run) -> Section:
     s = Section("learning", "Learning curves")
+    rd = run.rd
     lc = rd.analysis.get("learning_curves")
-    if lc is not None and len(lc) and (lc.get("status", pd.Series(["ok"])) == "ok").any():
-        s.add("figure", _figure("learning-curves", plots.learning_curve_figure(lc),
-                                "Macro-F1 on the test fold against the share of each training fold used "
-                                f"(stratified, nested subsets; first {lc['split'].nunique()} splits; mean "
-                                "± std). "
-                                "Refitted with each classifier's configured parameters (no inner search)."))
-    else:
-        s.add("note", _analysis_reason(rd, "learning_curves", "learning curves"))
-    sections.append(s)
+    if lc is None or not len(lc) or not (lc.get("status", pd.Series(["ok"])) == "ok").any():
+        return s.add("note", _analysis_reason(rd, "learning_curves", "learning curves"))
+    n_rows = lc.groupby(["feature", "classifier"]).ngroups if {"feature", "classifier"} <= set(lc) else "the"
+    return s.add("figure", _figure("learning-curves", plots.learning_curve_figure(lc, palette=run.palette),
+                                   f"Macro-F1 of {n_rows} rows (the best of each family) on the test fold "
+                                   "against the share of each training fold used (stratified, nested "
+                                   f"subsets; first {lc['split'].nunique()} splits; mean ± std). Refitted "
+                                   "with each classifier's configured parameters (no inner search)."))
 
-    # galleries
+
+def _gallery_section(run: _Run) -> Section:
     s = Section("gallery", "Inference gallery")
+    rd = run.rd
     gal = rd.analysis.get("gallery")
-    if gal and gal.get("items"):
-        png = plots.to_png(plots.gallery_figure(gal["items"], rd.analysis["dir"]))
-        s.add("gallery", {"items": gal["items"], "rows": gal.get("rows", []), "dir": rd.analysis["dir"],
-                          "png": png},
-              "Test images chosen per class (fixed seed) with the out-of-fold prediction and confidence of "
-              "the "
-              "best row of each family; mistakes in red.")
-    else:
-        s.add("note", _analysis_reason(rd, "gallery", "gallery"))
-    sections.append(s)
+    if not (gal and gal.get("items")):
+        return s.add("note", _analysis_reason(rd, "gallery", "gallery"))
+    png = plots.to_png(plots.gallery_figure(gal["items"], rd.analysis["dir"], rows=gal.get("rows")))
+    n_fam = len({p["family"] for it in gal["items"] for p in it.get("predictions", [])})
+    return s.add("gallery", {"items": gal["items"], "rows": gal.get("rows", []), "dir": rd.analysis["dir"],
+                             "png": png},
+                 f"{len(gal['items'])} test images chosen per class (fixed seed) with the out-of-fold prediction "
+                 f"and confidence of the best row of each of {n_fam} families; mistakes in red.")
 
+
+def _retrieval_section(run: _Run) -> Section:
     s = Section("retrieval", "Nearest neighbours")
+    rd = run.rd
     ret = rd.analysis.get("retrieval")
-    if ret and ret.get("queries"):
-        png = plots.to_png(plots.retrieval_figure(ret["queries"], rd.analysis["dir"]))
-        s.add("retrieval", {"queries": ret["queries"], "dir": rd.analysis["dir"], "k": ret.get("k", 5),
-                            "png": png},
-              f"For each query (a test image), its {ret.get('k', 5)} nearest training images of the same "
-              "split, "
-              f"by {ret.get('metric', 'cosine distance')}; neighbours of another class in red.")
-    else:
-        s.add("note", _analysis_reason(rd, "retrieval", "retrieval gallery"))
-    sections.append(s)
+    if not (ret and ret.get("queries")):
+        return s.add("note", _analysis_reason(rd, "retrieval", "retrieval gallery"))
+    png = plots.to_png(plots.retrieval_figure(ret["queries"], rd.analysis["dir"]))
+    n_sp = len({sp.get("feature") for q in ret["queries"] for sp in q.get("spaces", [])})
+    return s.add("retrieval", {"queries": ret["queries"], "dir": rd.analysis["dir"], "k": ret.get("k", 5),
+                               "png": png},
+                 f"For each of {len(ret['queries'])} queries (test images), its {ret.get('k', 5)} nearest "
+                 f"training images of the same split in each of {n_sp} feature spaces, by "
+                 f"{ret.get('metric', 'cosine distance')}; neighbours of another class in red.")
 
-    sections.append(_explain_section(rd))
 
-    # fine-tuning
-    if rd.finetune is not None and len(rd.finetune):
-        s = Section("finetune", "Fine-tuning curves")
-        s.add("figure", _figure("finetune", plots.finetune_figure(rd.finetune),
-                                "Loss and accuracy per epoch of the end-to-end CNN models (bold: mean over "
-                                "splits; dashed: validation)."))
-        sections.append(s)
+def _finetune_section(run: _Run) -> Section | None:
+    ft = run.rd.finetune
+    if ft is None or not len(ft):
+        return None
+    names = {}
+    for _, r in run.summary[run.summary["family"] == "cnn"].iterrows():
+        names.setdefault(model_of(r["feature"]), feature_name(r["feature"], r["weights"]))
+    models = list(dict.fromkeys(ft["model"]))
+    shown = ", ".join(names.get(m, m) for m in models)
+    val = " dashed: validation;" if any(c.startswith("val_") for c in ft.columns) else ""
+    s = Section("finetune", "Fine-tuning curves")
+    return s.add("figure", _figure("finetune", plots.finetune_figure(ft, names, run.palette),
+                                   f"Loss and accuracy per epoch of {len(models)} end-to-end CNN models "
+                                   f"({shown}); bold: mean over splits;{val} thin: each split."))
 
-    # counting (sealion)
-    counts, rmse = rd.analysis.get("counts"), rd.analysis.get("count_rmse")
-    if counts is not None or rmse is not None:
-        sections.append(_counting_section(counts, rmse))
 
-    # failures
-    failed = T.failed_cells(rd)
+def _counting_of(run: _Run) -> Section | None:
+    counts, rmse = run.rd.analysis.get("counts"), run.rd.analysis.get("count_rmse")
+    if counts is None and rmse is None:
+        return None
+    return _counting_section(counts, rmse)
+
+
+def _failed_section(run: _Run) -> Section:
+    failed = T.failed_cells(run.rd)
     s = Section("failed", "Failed cells")
-    if len(failed):
-        s.add("table", failed)
-    else:
-        s.add("note", "No cell failed.")
-    sections.append(s)
+    return s.add("table", failed) if len(failed) else s.add("note", "No cell failed.")
 
-    # analysis notes and environment
+
+def _environment_section(run: _Run) -> Section:
+    """Run facts, weights provenance and the analysis notes not already shown in their section."""
     s = Section("environment", "Run environment")
+    rd = run.rd
     s.add("facts", T.header_facts(rd))
     w = T.weights_table(rd)
     if len(w):
         s.add("table", w)
-    notes = (rd.analysis.get("manifest") or {}).get("notes") or []
-    for n in notes:
+    for n in _manifest_notes(rd):
+        if n.startswith("t-SNE") and rd.analysis.get("tsne") is not None:
+            continue  # the t-SNE section carries it
         s.add("note", n)
-    sections.append(s)
+    return s
 
-    # per-fold, per-class, inference cost, learning curves with CNN, mistakes, reproduce
-    add_sections(rd, sections, section_type=Section, figure_type=FigureBlock)
 
-    key_fig = None
-    if len(summary):
-        main = summary[summary["variant"] == ""]
-        key_fig = _figure("scores-top", plots.bar_chart(main, max_rows=10, title="Top rows by macro-F1",
-                                                         width=6.0),
-                          "Top rows by mean macro-F1 with 95% intervals.")
-    ds_name = rd.dataset.get("name") or ", ".join(datasets)
-    return Document(title=f"{ds_name}: hand-crafted vs deep features", subtitle=f"run {rd.run_id}",
-                    run_id=rd.run_id, facts=[f for f in T.header_facts(rd) if f[0] in KEY_FACTS],
-                    verdicts=verdicts, key_table=key_table,
-                    key_figure=key_fig, sections=sections, packages=T.packages_text(rd),
-                    banner=T.weights_banner(rd))
+def _summary_table(run: _Run) -> T.Table | None:
+    if not len(run.summary):
+        return None
+    ds = run.datasets[0] if run.multi else None
+    return T.family_table(run.summary, ds, run.rd, _n_images(run.rd))
+
+
+def _summary_panels(run: _Run, comps: list) -> list[FigureBlock]:
+    """The two confusion matrices of summary.pdf (one figure each, titled by PDF text)."""
+    if len(run.names) > T.MAX_CONFUSION_CLASSES:
+        return []
+    out = []
+    for i, r in enumerate(SUM.panel_rows(comps, run.summary)):
+        cm = T.confusion(run.rd, T.key_of(r))
+        if cm is not None:
+            png = plots.to_png(plots.confusion_grid([("", cm)], run.names, colorbar=False), tight=True)
+            out.append(FigureBlock(f"summary-confusion-{i + 1}", png, SUM.panel_title(r), SUM.panel_title(r)))
+    return out
 
 
 def _spread_words(rd: RunData) -> str:
@@ -381,7 +473,7 @@ def _explain_section(rd: RunData) -> Section:
     return s
 
 
-def _ranks_block(s: Section, summary: pd.DataFrame, name: str) -> None:
+def _ranks_block(s: Section, summary: pd.DataFrame, name: str, palette: Palette | None = None) -> None:
     """Average ranks over datasets + Friedman/Nemenyi CD diagram (rows present in every dataset)."""
     main = summary[(summary["variant"] == "") & summary["macro_f1_mean"].notna()].copy()
     main["row"] = [T.label_of(r) for _, r in main.iterrows()]
@@ -397,7 +489,8 @@ def _ranks_block(s: Section, summary: pd.DataFrame, name: str) -> None:
         s.add("note", f"{n_all - piv.shape[1]} rows missing from some dataset were left out of the ranking.")
     fam = dict(zip(main["row"], main["family"]))
     s.add("figure", _figure(f"cd-{name}", plots.cd_diagram(fr.methods, fr.avg_ranks, fr.cd,
-                                                           families=[fam.get(m) for m in fr.methods]),
+                                                           families=[fam.get(m) for m in fr.methods],
+                                                           palette=palette),
                             f"Critical-difference diagram over {fr.n_datasets} datasets: average rank of "
                             "each "
                             f"row (1 = best); rows joined by a bar are not significantly different (Nemenyi, "
@@ -471,9 +564,7 @@ def build_compare_document(runs: list[RunData], *, kind: str = "compare", title:
         comps = T.family_comparisons(rd, None)
         fams = list(best_by_family(rd.summary).keys())
         unp = list(not_pretrained_families(rd.summary))
-        v = f"{ds}: {T.verdict(comps[0] if comps else None, fams, unp)}"
-        verdicts.append(v)
-        s.add("text", v)
+        verdicts.append(f"{ds}: {T.verdict(comps[0] if comps else None, fams, unp)}")  # shown once, on top
         t = T.family_table(df, ds)
         t.caption = f"{ds}: " + t.caption
         s.add("table", t)

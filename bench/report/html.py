@@ -12,12 +12,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import jinja2
-from matplotlib.colors import to_hex
 
 from .. import __version__
 from .document import Document
-from .plots import FAMILY_COLORS, OTHER_COLOR
-from .tables import FAMILY_TITLES, css_token
+from .labels import FAMILY_TITLES, Palette, css_token
 
 TEMPLATES = Path(__file__).with_name("templates")
 
@@ -79,8 +77,7 @@ def render(doc: Document, template: str = "report.html") -> str:
                 thumbs.update(_thumbs(b.value, "items"))
             elif b.kind == "retrieval":
                 thumbs.update(_thumbs(b.value, "queries"))
-    colors = {css_token(f): to_hex(c) for f, c in FAMILY_COLORS.items()}
-    colors["other"] = to_hex(OTHER_COLOR)
+    colors = Palette().css()
     return _environment().get_template(template).render(
         doc=doc, thumbs=thumbs, family_colors=colors, version=__version__,
         generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))

@@ -2,8 +2,10 @@
 
 Every function returns a :class:`matplotlib.figure.Figure` built with the
 object-oriented API (no pyplot state), so figures can be rendered in worker
-threads and closed explicitly. Colours come from seaborn's colour-blind palette;
-rows with random-init weights are hatched and labelled ``[random-init]``.
+threads and closed explicitly. Names and colours come from :mod:`.labels` (one
+colour per family and per end-to-end model, the same in every figure); rows with
+random-init weights are hatched and labelled ``[random-init]``. Row names are never
+cut: long ones wrap onto a second line.
 """
 from __future__ import annotations
 
@@ -18,13 +20,14 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from ..aggregate import FAMILY_ORDER, feature_display, is_random_init, row_label
+from ..aggregate import is_random_init
 from ..stats import cd_cliques
-from .tables import FAMILY_TITLES, cost_seconds_row, pareto_mask
+from .labels import (_PALETTE, FAMILY_COLORS, FAMILY_TITLES, OTHER_COLOR, Palette, feature_name, name_of,
+                     present_families, row_name, variant_words)
+from .tables import cost_seconds_row, pareto_mask
 
-_PALETTE = sns.color_palette("colorblind", 10)
-FAMILY_COLORS = {"handcrafted": _PALETTE[0], "deep": _PALETTE[1], "hybrid": _PALETTE[2], "cnn": _PALETTE[4]}
-OTHER_COLOR = _PALETTE[7]
+feature_display = feature_name
+row_label = row_name
 MISTAKE_COLOR = "#c0392b"
 OK_COLOR = "#1e7b34"
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "h", "<", ">"]
@@ -50,24 +53,34 @@ def _fig(w: float, h: float) -> Figure:
 
 
 def _short(text: str, n: int = 28) -> str:
-    """Shorten a label and escape ``$`` so user text never turns into mathtext."""
+    """Shorten a label and escape ``$`` so user text never turns into mathtext (class names
+    on crowded axes only; row names go through :func:`_wrap`)."""
     text = str(text)
     text = text if len(text) <= n else text[: n - 1] + "…"
     return text.replace("$", r"\$")
 
 
-def to_png(fig: Figure, dpi: int = 150) -> bytes:
-    """PNG bytes of a figure (then closed: its memory is released)."""
+def _wrap(text: str, width: int = 40, max_lines: int = 4) -> str:
+    """Wrap a label onto lines of ``width`` characters at spaces (never cut), ``$`` escaped."""
+    lines = textwrap.wrap(str(text), width, break_long_words=False, break_on_hyphens=False) or [""]
+    if len(lines) > max_lines:  # keep every character: the rest joins the last line
+        lines = lines[:max_lines - 1] + [" ".join(lines[max_lines - 1:])]
+    return "\n".join(lines).replace("$", r"\$")
+
+
+def to_png(fig: Figure, dpi: int = 150, tight: bool = False) -> bytes:
+    """PNG bytes of a figure (then closed: its memory is released); ``tight`` crops the
+    white border."""
     import io
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, facecolor="white")
+    fig.savefig(buf, format="png", dpi=dpi, facecolor="white", **({"bbox_inches": "tight", "pad_inches": 0.04}
+                                                                    if tight else {}))
     fig.clear()
     return buf.getvalue()
 
 
 def _present_families(series) -> list[str]:
-    fams = list(dict.fromkeys(series))
-    return [f for f in FAMILY_ORDER if f in fams] + [f for f in fams if f not in FAMILY_ORDER]
+    return present_families(series)
 
 
 def message_figure(text: str, w: float = 6, h: float = 1.2) -> Figure:
@@ -80,14 +93,23 @@ def message_figure(text: str, w: float = 6, h: float = 1.2) -> Figure:
 
 
 # --------------------------------------------------------------------------- scores
+def bar_rows(summary: pd.DataFrame, metric: str = "macro_f1", max_rows: int = MAX_BARS) -> pd.DataFrame:
+    """The rows :func:`bar_chart` draws (top ``max_rows`` scored rows, in table order)."""
+    return summary[summary[f"{metric}_mean"].notna()].head(max_rows)
+
+
 def bar_chart(summary: pd.DataFrame, metric: str = "macro_f1", metric_name: str = "Macro-F1",
-              max_rows: int = MAX_BARS, title: str | None = None, width: float = 8.5) -> Figure:
-    """Horizontal bars of every scored row, mean with its 95% interval, coloured by family."""
-    df = summary[summary[f"{metric}_mean"].notna()]
-    n_all = len(df)
-    df = df.head(max_rows).iloc[::-1]
+              max_rows: int = MAX_BARS, title: str | None = None, width: float = 8.5,
+              palette: Palette | None = None) -> Figure:
+    """Horizontal bars of every scored row, mean with its 95% interval, coloured by family
+    (end-to-end rows by model)."""
+    pal = palette or Palette.of_summary(summary)
+    n_all = int(summary[f"{metric}_mean"].notna().sum())
+    df = bar_rows(summary, metric, max_rows).iloc[::-1]
+    labels = [_wrap(name_of(r), 46) for r in df.itertuples()]
+    n_lines = sum(t.count("\n") + 1 for t in labels)
     with mpl.rc_context(RC):
-        fig = _fig(width, 0.28 * max(len(df), 1) + 1.4)
+        fig = _fig(width, 0.2 * max(n_lines, 1) + 0.1 * len(df) + 1.5)
         ax = fig.add_subplot()
         if df.empty:
             ax.axis("off")
@@ -98,7 +120,7 @@ def bar_chart(summary: pd.DataFrame, metric: str = "macro_f1", metric_name: str 
         lo = 100 * df[f"{metric}_ci_low"].to_numpy(float)
         hi = 100 * df[f"{metric}_ci_high"].to_numpy(float)
         err = np.vstack([np.where(np.isfinite(lo), mean - lo, 0), np.where(np.isfinite(hi), hi - mean, 0)])
-        colors = [family_color(f) for f in df["family"]]
+        colors = [pal.row(f, feat) for f, feat in zip(df["family"], df["feature"])]
         hatches = ["///" if is_random_init(w) else ("..." if v else "")
                    for w, v in zip(df["weights"], df["variant"])]
         bars = ax.barh(y, mean, color=colors, edgecolor="white", height=0.72)
@@ -112,21 +134,12 @@ def bar_chart(summary: pd.DataFrame, metric: str = "macro_f1", metric_name: str 
         ax.errorbar(mean, y, xerr=err, fmt="none", ecolor="#222222", elinewidth=0.9, capsize=2.5)
         for yi, m, h in zip(y, mean, np.where(np.isfinite(hi), hi, mean)):
             ax.text(min(h, 100) + 1, yi, f"{m:.1f}", va="center", fontsize=7, color="#333333")
-        labels = [row_label(r.feature, r.classifier, r.weights, r.variant) for r in df.itertuples()]
-        ax.set_yticks(y, [_short(t, 48) for t in labels])
+        ax.set_yticks(y, labels, fontsize=7.5)
         ax.set_xlim(0, 108)
         ax.set_xlabel(f"{metric_name} (%), mean over folds with 95% interval")
         ax.grid(axis="y", visible=False)
-        extra = []
-        if any(is_random_init(w) for w in df["weights"]):
-            extra.append(Patch(facecolor="white", edgecolor="#333333", hatch="///",
-                               label="random-init weights"))
-        if df["variant"].astype(bool).any():
-            extra.append(Patch(facecolor="#bbbbbb", edgecolor="#333333", hatch="...", alpha=0.6,
-                               label="variant (e.g. leaky random split)"))
-        handles = [Patch(facecolor=family_color(f), label=FAMILY_TITLES.get(f, f))
-                   for f in _present_families(df["family"])] + extra
-        fig.legend(handles=handles, loc="outside lower center", ncol=min(5, len(handles)), frameon=False)
+        fig.legend(handles=_bar_legend(df, pal), loc="outside lower center", ncol=3, frameon=False,
+                   fontsize=7.5)
         ttl = title or f"{metric_name} of every feature × classifier"
         if n_all > len(df):
             ttl += f" (top {len(df)} of {n_all})"
@@ -134,9 +147,28 @@ def bar_chart(summary: pd.DataFrame, metric: str = "macro_f1", metric_name: str 
     return fig
 
 
+def _bar_legend(df: pd.DataFrame, pal: Palette) -> list:
+    """Families (and end-to-end models) drawn, then the hatches actually used."""
+    handles = []
+    for f in _present_families(df["family"]):
+        if f == "cnn":
+            models = list(dict.fromkeys(df.loc[df["family"] == "cnn", "feature"]))
+            handles += [Patch(facecolor=pal.model(m), label=f"{FAMILY_TITLES['cnn']}: {_wrap(m, 30)}")
+                        for m in models]
+        else:
+            handles.append(Patch(facecolor=pal.family(f), label=FAMILY_TITLES.get(f, f)))
+    if any(is_random_init(w) for w in df["weights"]):
+        handles.append(Patch(facecolor="white", edgecolor="#333333", hatch="///", label="random-init weights"))
+    for v in dict.fromkeys(v for v in df["variant"] if v):
+        handles.append(Patch(facecolor="#bbbbbb", edgecolor="#333333", hatch="...", alpha=0.6,
+                             label=_wrap(f"{v}: {variant_words(v)}", 48)))
+    return handles
+
+
 def cost_plot(summary: pd.DataFrame, n_images: int | None, metric: str = "macro_f1",
-              metric_name: str = "Macro-F1") -> Figure:
+              metric_name: str = "Macro-F1", palette: Palette | None = None) -> Figure:
     """Score against cost (extraction of all images + one fit, log x) with the Pareto front."""
+    pal = palette or Palette.of_summary(summary)
     df = summary[(summary["variant"] == "") & summary[f"{metric}_mean"].notna()].copy()
     with mpl.rc_context(RC):
         fig = _fig(8.5, 5.0)
@@ -151,11 +183,12 @@ def cost_plot(summary: pd.DataFrame, n_images: int | None, metric: str = "macro_
         clfs = list(dict.fromkeys(df["classifier"]))
         marker = {c: MARKERS[i % len(MARKERS)] for i, c in enumerate(clfs)}
         for (_, r), on in zip(df.iterrows(), front):
+            col = pal.row(r["family"], r["feature"])
             lo, hi = 100 * r[f"{metric}_ci_low"], 100 * r[f"{metric}_ci_high"]
             if np.isfinite(lo) and np.isfinite(hi):
-                ax.plot([r["cost"]] * 2, [lo, hi], color=family_color(r["family"]), alpha=0.35, lw=1.2)
+                ax.plot([r["cost"]] * 2, [lo, hi], color=col, alpha=0.35, lw=1.2)
             ax.scatter(r["cost"], r["score"], s=70 if on else 38, marker=marker[r["classifier"]],
-                       color=family_color(r["family"]), edgecolor="black" if on else "white",
+                       color=col, edgecolor="black" if on else "white",
                        linewidth=1.1 if on else 0.5, hatch="////" if is_random_init(r["weights"]) else None,
                        zorder=3)
         f = df[front].sort_values("cost")
@@ -164,17 +197,16 @@ def cost_plot(summary: pd.DataFrame, n_images: int | None, metric: str = "macro_
             ys = np.r_[f["score"].to_numpy(), f["score"].to_numpy()[-1]]
             ax.step(xs, ys, where="post", color="#333333", lw=1.0, ls="--", zorder=2, label="Pareto front")
             for i, (_, r) in enumerate(f.iterrows()):
-                ax.annotate(_short(row_label(r["feature"], r["classifier"], r["weights"]), 40),
-                            (r["cost"], r["score"]), xytext=(6, -10 if i % 2 else 5),
+                ax.annotate(_wrap(name_of(r), 34), (r["cost"], r["score"]), xytext=(6, -10 if i % 2 else 5),
                             textcoords="offset points", fontsize=7, color="#222222")
         ax.set_xscale("log")
         ax.set_xlabel("cost: feature extraction for all images + one fit (s, log scale)")
         ax.set_ylabel(f"{metric_name} (%)")
         ax.set_title(f"{metric_name} against cost; Pareto-optimal rows outlined", loc="left")
         from matplotlib.lines import Line2D
-        fam_h = [Patch(facecolor=family_color(fm), label=FAMILY_TITLES.get(fm, fm))
+        fam_h = [Patch(facecolor=pal.family(fm), label=FAMILY_TITLES.get(fm, fm))
                  for fm in _present_families(df["family"])]
-        clf_h = [Line2D([], [], marker=marker[c], ls="", color="#555555", label=_short(c, 20)) for c in clfs]
+        clf_h = [Line2D([], [], marker=marker[c], ls="", color="#555555", label=_wrap(c, 24)) for c in clfs]
         front_h = [Line2D([], [], ls="--", color="#333333", label="Pareto front")]
         ax.legend(handles=fam_h + clf_h + front_h, loc="center left", bbox_to_anchor=(1.01, 0.5),
                   frameon=False)
@@ -188,7 +220,8 @@ def _confusion_axes(ax, cm: np.ndarray, class_names: list[str], title: str, ylab
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
     ticks = [_short(c, 16) for c in class_names]
     fs = 8 if n <= 8 else 6
-    ax.set_xticks(range(n), ticks, rotation=45 if n > 3 else 0, ha="right" if n > 3 else "center",
+    tilt = n > 3 or max((len(t) for t in ticks), default=0) > 6
+    ax.set_xticks(range(n), ticks, rotation=45 if tilt else 0, ha="right" if tilt else "center",
                   fontsize=fs)
     ax.set_yticks(range(n), ticks if ylabels else [""] * n, fontsize=fs)
     ax.grid(False)
@@ -202,8 +235,7 @@ def _confusion_axes(ax, cm: np.ndarray, class_names: list[str], title: str, ylab
     if ylabels:
         ax.set_ylabel("true")
     width = max(18, int(ax.get_position().width * ax.figure.get_figwidth() * 72 / (8.5 * 0.62)))
-    lines = [ln for part in str(title).split("\n") for ln in textwrap.wrap(_short(part, 90), width)]
-    ax.set_title("\n".join(lines[:3]), fontsize=8.5)
+    ax.set_title("\n".join(_wrap(part, width) for part in str(title).split("\n")), fontsize=8.5)
     return im
 
 
@@ -212,7 +244,7 @@ def confusion_figure(cm: np.ndarray, class_names: list[str], title: str) -> Figu
     return confusion_grid([(title, cm)], class_names)
 
 
-def confusion_grid(panels: list[tuple[str, np.ndarray]], class_names: list[str]) -> Figure:
+def confusion_grid(panels: list[tuple[str, np.ndarray]], class_names: list[str], colorbar: bool = True) -> Figure:
     """Confusion matrices side by side (up to 3 per line), one shared colour bar."""
     n = len(class_names)
     k = len(panels)
@@ -220,7 +252,7 @@ def confusion_grid(panels: list[tuple[str, np.ndarray]], class_names: list[str])
     nrow = math.ceil(k / ncol)
     side = min(4.2, 1.6 + 0.3 * n)
     with mpl.rc_context(RC):
-        fig = _fig(side * ncol + 1.6, (side + 0.9) * nrow)
+        fig = _fig(side * ncol + (1.6 if colorbar else 0.4), (side + (0.9 if any(t for t, _ in panels) else 0.5)) * nrow)
         axes = fig.subplots(nrow, ncol, squeeze=False)
         im = None
         for i, ax in enumerate(axes.ravel()):
@@ -229,7 +261,7 @@ def confusion_grid(panels: list[tuple[str, np.ndarray]], class_names: list[str])
                 continue
             title, cm = panels[i]
             im = _confusion_axes(ax, cm, class_names, title, ylabels=(i % ncol == 0))
-        if im is not None:
+        if im is not None and colorbar:
             fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.7, label="share of true class")
     return fig
 
@@ -252,8 +284,7 @@ def per_class_heatmap(f1: pd.DataFrame) -> Figure:
                     cbar_kws={"label": "F1", "shrink": 0.6 if not big else 0.3})
         ax.set_yticks(np.arange(n) + 0.5, [_short(c, 24) for c in df.index], rotation=0,
                       fontsize=8 if not big else 5)
-        ax.set_xticks(np.arange(m) + 0.5, ["\n".join(textwrap.wrap(_short(c, 66), 22)) for c in df.columns],
-                      rotation=0, fontsize=7)
+        ax.set_xticks(np.arange(m) + 0.5, [_wrap(c, 22) for c in df.columns], rotation=0, fontsize=7)
         ax.set_xlabel("")
         ax.set_ylabel("class")
         ax.xaxis.tick_top()
@@ -270,8 +301,10 @@ def _class_colors(n: int):
     return sns.color_palette("husl", n)
 
 
-def tsne_figure(tsne: dict, class_names: list[str], info: list[dict] | None = None) -> Figure:
-    """One t-SNE panel per feature space, points coloured by class."""
+def tsne_figure(tsne: dict, class_names: list[str], info: list[dict] | None = None,
+                palette: Palette | None = None) -> Figure:
+    """One t-SNE panel per feature space, points coloured by class, frame by family."""
+    pal = palette or Palette()
     feats = [str(f) for f in tsne["features"]]
     meta = {i.get("feature"): i for i in (info or [])}
     y = np.asarray(tsne["y"])
@@ -296,13 +329,13 @@ def tsne_figure(tsne: dict, class_names: list[str], info: list[dict] | None = No
             title = feature_display(feat, m.get("weights"))
             if m.get("fold_stage_fit_on_plotted_images"):
                 title += " *"
-            ax.set_title(_short(title, 38), color=family_color(m.get("family")), fontsize=9)
+            ax.set_title(_wrap(title, 32), color=pal.family(m.get("family")), fontsize=9)
             ax.set_xticks([])
             ax.set_yticks([])
             ax.grid(False)
             for s in ax.spines.values():
                 s.set_visible(True)
-                s.set_color(family_color(m.get("family")))
+                s.set_color(pal.family(m.get("family")))
         if len(class_names) <= 20:
             h, lab = axes.ravel()[0].get_legend_handles_labels()
             fig.legend(h, lab, loc="outside right upper", frameon=False, markerscale=2, title="class")
@@ -312,8 +345,9 @@ def tsne_figure(tsne: dict, class_names: list[str], info: list[dict] | None = No
 
 
 def learning_curve_figure(lc: pd.DataFrame, metric: str = "macro_f1",
-                          metric_name: str = "Macro-F1") -> Figure:
+                          metric_name: str = "Macro-F1", palette: Palette | None = None) -> Figure:
     """Score against training-set size for the best row of each family (mean ± std over splits)."""
+    pal = palette or Palette()
     ok = lc[lc["status"] == "ok"] if "status" in lc else lc
     with mpl.rc_context(RC):
         fig = _fig(7.5, 4.2)
@@ -322,10 +356,11 @@ def learning_curve_figure(lc: pd.DataFrame, metric: str = "macro_f1",
                                                  dropna=False):
             s = g.groupby("fraction").agg(n=("n_train", "mean"), m=(metric, "mean"), sd=(metric, "std"))
             x = 100 * s.index.to_numpy(float)
-            ax.plot(x, 100 * s["m"], marker="o", color=family_color(fam),
-                    label=f"{FAMILY_TITLES.get(fam, fam)}: {_short(row_label(feat, clf, w), 44)}")
+            col = pal.row(fam, feat)
+            ax.plot(x, 100 * s["m"], marker="o", color=col,
+                    label=_wrap(f"{FAMILY_TITLES.get(fam, fam)}: {row_name(feat, clf, w)}", 50))
             ax.fill_between(x, 100 * (s["m"] - s["sd"].fillna(0)), 100 * (s["m"] + s["sd"].fillna(0)),
-                            color=family_color(fam), alpha=0.15, linewidth=0)
+                            color=col, alpha=0.15, linewidth=0)
         ax.set_xlabel("share of each training fold used (%)")
         ax.set_ylabel(f"{metric_name} on the test fold (%)")
         ax.set_xlim(0, 102)
@@ -335,10 +370,15 @@ def learning_curve_figure(lc: pd.DataFrame, metric: str = "macro_f1",
     return fig
 
 
-def finetune_figure(curves: pd.DataFrame) -> Figure:
-    """Training and validation loss / accuracy per epoch of each fine-tuned model."""
+def finetune_figure(curves: pd.DataFrame, names: dict | None = None, palette: Palette | None = None) -> Figure:
+    """Training and validation loss / accuracy per epoch of each end-to-end model.
+
+    ``names``: model folder -> display name (with its weights tag); colours are the
+    models' own (:class:`.labels.Palette`), as in every other figure."""
     models = list(dict.fromkeys(curves["model"]))
-    colors = {m: _PALETTE[(4 + i) % len(_PALETTE)] for i, m in enumerate(models)}
+    pal = palette or Palette(models)
+    names = names or {}
+    colors = {m: pal.model(m) for m in models}
     panels = [c for c in ("loss", "accuracy") if c in curves]
     with mpl.rc_context(RC):
         fig = _fig(4.2 * max(1, len(panels)), 3.6)
@@ -351,10 +391,11 @@ def finetune_figure(curves: pd.DataFrame) -> Figure:
                     if f"val_{col}" in gs:
                         ax.plot(gs["epoch"], gs[f"val_{col}"], color=colors[mdl], alpha=0.18, lw=0.8, ls="--")
                 mean = g.groupby("epoch")[[c for c in (col, f"val_{col}") if c in g]].mean()
-                ax.plot(mean.index, mean[col], color=colors[mdl], lw=2, label=f"{_short(mdl, 30)} train")
+                shown = _wrap(names.get(mdl, mdl), 34)
+                ax.plot(mean.index, mean[col], color=colors[mdl], lw=2, label=f"{shown} train")
                 if f"val_{col}" in mean:
                     ax.plot(mean.index, mean[f"val_{col}"], color=colors[mdl], lw=2, ls="--",
-                            label=f"{_short(mdl, 30)} validation")
+                            label=f"{shown} validation")
             ax.set_xlabel("epoch")
             ax.set_ylabel(col)
             ax.set_title(f"{col} per epoch (thin: each split)", loc="left")
@@ -364,7 +405,7 @@ def finetune_figure(curves: pd.DataFrame) -> Figure:
 
 # --------------------------------------------------------------------------- critical difference
 def cd_diagram(methods: list[str], avg_ranks: list[float], cd: float, title: str = "",
-               families: list[str] | None = None) -> Figure:
+               families: list[str] | None = None, palette: Palette | None = None) -> Figure:
     """Demšar-style critical-difference diagram: rows joined by a bar do not differ significantly.
 
     ``families`` (one per method) colours the labels by feature family.
@@ -372,7 +413,8 @@ def cd_diagram(methods: list[str], avg_ranks: list[float], cd: float, title: str
     r = np.asarray(avg_ranks, dtype=float)
     order = np.argsort(r, kind="stable")
     names = [methods[i] for i in order]
-    colors = ["#222222" if families is None else family_color(families[i]) for i in order]
+    pal = palette or Palette()
+    colors = ["#222222" if families is None else pal.family(families[i]) for i in order]
     rs = r[order]
     k = len(rs)
     lo, hi = 1, max(k, 2)
@@ -402,7 +444,7 @@ def cd_diagram(methods: list[str], avg_ranks: list[float], cd: float, title: str
             yy = 0.5 + 0.5 * (i if left else k - 1 - i) + 0.3 * len(cliques)
             xe = -0.08 if left else 1.08
             ax.plot([x(rank), x(rank), xe], [top, yy, yy], color="#333333", lw=0.8)
-            ax.text(xe + (-0.01 if left else 0.01), yy, f"{_short(name, 46)} ({rank:.2f})",
+            ax.text(xe + (-0.01 if left else 0.01), yy, f"{_wrap(name, 40, 2)} ({rank:.2f})",
                     ha="right" if left else "left", va="center", fontsize=8, color=col)
         for j, (a, b) in enumerate(cliques):
             yy = 0.25 + 0.3 * j
@@ -421,13 +463,30 @@ def _read_png(path):
         return None
 
 
-def gallery_figure(items: list[dict], thumbs_dir, ncol: int = 6) -> Figure:
-    """Thumbnails with the true label and each family's prediction; mistakes in red."""
+FAMILY_KEYS = {"handcrafted": "HC", "deep": "D", "hybrid": "HY", "cnn": "E2E"}
+
+
+def family_key(rows: list[dict]) -> str:
+    """The key of the family abbreviations a figure uses: ``HC = hand-crafted: lbp + svm; …``."""
+    parts = []
+    for r in rows:
+        fam = r.get("family")
+        what = f"{r.get('label', '')} + {r.get('classifier', '')}" if r.get("label") else ""
+        parts.append(f"{FAMILY_KEYS.get(fam, fam)} = {FAMILY_TITLES.get(fam, fam)}" + (f": {what}" if what else ""))
+    return "; ".join(parts)
+
+
+def gallery_figure(items: list[dict], thumbs_dir, ncol: int = 6, rows: list[dict] | None = None) -> Figure:
+    """Thumbnails with the true label and each family's prediction (family abbreviations
+    explained by a key above the thumbnails); mistakes in red."""
     n = len(items)
     nrow = max(1, math.ceil(n / ncol))
     n_pred = max((len(it.get("predictions", [])) for it in items), default=1)
     with mpl.rc_context({**RC, "axes.grid": False}):
-        fig = _fig(11, nrow * (1.7 + 0.22 * n_pred))
+        fams = list(dict.fromkeys(p["family"] for it in items for p in it.get("predictions", [])))
+        key = family_key(rows or [{"family": f} for f in fams])
+        fig = _fig(11, nrow * (1.7 + 0.22 * n_pred) + 0.3)
+        fig.suptitle(_wrap("Key: " + key, 150), x=0.01, ha="left", fontsize=7, fontweight="normal")
         axes = fig.subplots(nrow, ncol, squeeze=False)
         for ax in axes.ravel():
             ax.axis("off")
@@ -439,11 +498,11 @@ def gallery_figure(items: list[dict], thumbs_dir, ncol: int = 6) -> Figure:
             colors = ["#000000"]
             for p in it.get("predictions", []):
                 if p.get("pred") is None:
-                    lines.append(f"{FAMILY_TITLES.get(p['family'], p['family'])[:11]}: n/a")
+                    lines.append(f"{FAMILY_KEYS.get(p['family'], p['family'])}: n/a")
                     colors.append("#777777")
                     continue
                 conf = f" {100 * p['confidence']:.0f}%" if p.get("confidence") is not None else ""
-                lines.append(f"{p['family'][:5]}: {_short(p['pred_name'], 16)}{conf}")
+                lines.append(f"{FAMILY_KEYS.get(p['family'], p['family'])}: {_short(p['pred_name'], 16)}{conf}")
                 colors.append(OK_COLOR if p.get("correct") else MISTAKE_COLOR)
             for j, (ln, c) in enumerate(zip(lines, colors)):
                 ax.text(0.5, -0.05 - 0.13 * j, ln, transform=ax.transAxes, ha="center", va="top",
@@ -503,9 +562,9 @@ def retrieval_figure(queries: list[dict], thumbs_dir) -> Figure:
         y = r * (box + head + pad) + head
         _paste(canvas, _read_png(thumbs_dir / q["thumb"]) if q.get("thumb") else None, label_w, y, box)
         texts.append((label_w + box / 2, y - 4, f"query: {_short(q['true_name'], 16)}", "#000000", "bold"))
-        label = _short(feature_display(sp["feature"], sp.get("weights")), 60)
-        texts.append((label_w - 10, y + box / 2, "\n".join(textwrap.wrap(label, 24)),
-                      family_color(sp.get("family")), "bold"))
+        label = feature_name(sp["feature"], sp.get("weights"))
+        texts.append((label_w - 10, y + box / 2, _wrap(label, 24, 5),
+                      FAMILY_COLORS.get(sp.get("family"), OTHER_COLOR), "bold"))
         for j, nb in enumerate(sp.get("neighbours", [])[:k]):
             x = label_w + cell * (j + 1) + 24
             col = OK_COLOR if nb.get("same_class") else MISTAKE_COLOR

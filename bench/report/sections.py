@@ -505,7 +505,7 @@ def pdf_block(wr, b) -> None:
     elif b.kind == "kv":
         wr.facts(v)
     elif b.kind == "mistakes":
-        wr.image(v["png"], b.caption)
+        wr.image(v["png"], b.caption, name=b.kind)
 
 
 __all__ = ["KINDS", "add_sections", "pdf_block", "per_fold_table", "per_class_table", "inference_table",

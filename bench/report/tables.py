@@ -7,7 +7,6 @@ text, so a rebuilt report can be compared table by table.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -16,14 +15,17 @@ import pandas as pd
 from sklearn.metrics import confusion_matrix, f1_score
 
 from .. import stats
-from ..aggregate import (FAMILY_ORDER, METRIC_NAMES, best_by_family, feature_display, fmt_ci, fmt_pm,
-                         is_random_init, not_pretrained_families, row_label)
+from ..aggregate import (FAMILY_ORDER, METRIC_NAMES, best_by_family, fmt_ci, fmt_pm, is_random_init,
+                         not_pretrained_families)
+from .labels import (FAMILY_TITLES, css_token, feature_name, name_of, row_name, variant_words,
+                     weights_words)
 from .rundata import RunData
 
 ALPHA = 0.05
-FAMILY_TITLES = {"handcrafted": "hand-crafted", "deep": "deep (frozen CNN)", "hybrid": "hybrid",
-                 "cnn": "end-to-end CNN"}
 MAX_CONFUSION_CLASSES = 20
+BALANCE_RATIO = 1.1   # classes this close in size count as balanced (balanced accuracy ~ accuracy)
+feature_display = feature_name   # the report's names come from .labels (kept for older imports)
+row_label = row_name
 
 
 # --------------------------------------------------------------------------- table model
@@ -67,16 +69,13 @@ class Table:
         return len(self.rows)
 
 
-def css_token(text) -> str:
-    return re.sub(r"[^a-z0-9-]", "-", str(text).lower())
-
-
 def key_of(row) -> tuple:
     return (row["dataset"], row["feature"], row["classifier"], row["variant"])
 
 
 def label_of(row) -> str:
-    return row_label(row["feature"], row["classifier"], row["weights"], row["variant"])
+    """A summary row's display name (:func:`bench.report.labels.name_of`)."""
+    return name_of(row)
 
 
 def fmt_p(p, alpha: float = ALPHA) -> str:
@@ -90,9 +89,10 @@ def fmt_p(p, alpha: float = ALPHA) -> str:
     return f"{p:.3f}" if p < 0.01 else f"{p:.2f}"
 
 
-def _p_phrase(name: str, p) -> str:
+def _p_only(p) -> str:
+    """``p = 0.04`` or ``p < 0.001``."""
     s = fmt_p(p)
-    return f"{name} p {s}" if s.startswith("<") else f"{name} p = {s}"
+    return f"p {s}" if s.startswith("<") else f"p = {s}"
 
 
 def fmt_duration(seconds) -> str:
@@ -183,21 +183,42 @@ def packages_text(rd: RunData) -> str:
 
 
 def weights_table(rd: RunData) -> Table:
+    """Weights of every learned backbone: frozen-CNN features (features.json) and
+    end-to-end models (their records), each under its display name."""
     rows = []
     for label, f in rd.features.items():
         fam = f.get("family", "?")
         w = f.get("weights") or "n/a"
         if fam == "handcrafted" and w in ("n/a", None):
             continue
-        cls = "warn" if is_random_init(w) else ""
-        rows.append([Cell(feature_display(label, w), cls=cls),
-                     Cell(FAMILY_TITLES.get(fam, fam), cls=f"fam-{css_token(fam)}"),
-                     Cell("random-init (NOT pretrained)" if is_random_init(w) else str(w), cls=cls),
-                     Cell(str(f.get("weights_file") or "-")),
-                     Cell(_num(f.get("n_features"), "d") if isinstance(f.get("n_features"), int) else "-"),
-                     Cell(_num(f.get("extract_ms_per_image"), ".2f"))])
-    return Table("weights", ["Feature", "Family", "Weights", "Weights file", "Dimension", "ms / image"], rows,
-                 numeric={4, 5}, caption="Weights provenance of every learned backbone")
+        rows.append(_weights_row(label, fam, w, f.get("weights_file"), f.get("n_features"),
+                                 f.get("extract_ms_per_image")))
+    s = rd.summary
+    cnn = s[(s["family"] == "cnn") & (s["variant"] == "")] if len(s) else s
+    if len(cnn) == 0 and len(s):
+        cnn = s[s["family"] == "cnn"]
+    seen = set(rd.features)
+    for _, r in cnn.iterrows():
+        if r["feature"] in seen:
+            continue
+        seen.add(r["feature"])
+        rows.append(_weights_row(r["feature"], "cnn", r["weights"] or "n/a", None, None, None,
+                                 params=r["n_features"]))
+    return Table("weights", ["Feature", "Family", "Weights", "Weights file", "Feature dim", "Trainable params",
+                             "ms / image"], rows, numeric={4, 5, 6},
+                 caption="Weights provenance of every learned backbone: frozen-CNN features and end-to-end "
+                         "models (scratch models start from random weights by design).")
+
+
+def _weights_row(label, fam, w, file, dim, ms, params=None) -> list[Cell]:
+    cls = "warn" if is_random_init(w) else ""
+    return [Cell(feature_name(label, w), cls=f"name {cls}".strip()),
+            Cell(FAMILY_TITLES.get(fam, fam), cls=f"fam-{css_token(fam)}"),
+            Cell(weights_words(w), cls=cls),
+            Cell(str(file or "-"), cls="name"),
+            Cell(_num(dim, "d") if isinstance(dim, int) else "-"),
+            Cell(_num(params, ",.0f") if params is not None and _sortval(params) is not None else "-"),
+            Cell(_num(ms, ".2f"))]
 
 
 def _random_backbones(desc, out: dict) -> None:
@@ -245,12 +266,61 @@ def weights_banner(rd: RunData) -> list[str]:
 
 
 # --------------------------------------------------------------------------- leaderboard
-def leaderboard(summary: pd.DataFrame, top: int | None = None, name: str = "leaderboard") -> Table:
-    """All rows: mean ± std and 95% interval (percent), costs, dimension and folds."""
+def classes_balanced(counts) -> bool | None:
+    """True when the largest class is at most :data:`BALANCE_RATIO` times the smallest
+    (balanced accuracy then repeats accuracy); None when the counts are unknown."""
+    c = [int(x) for x in (counts or []) if x is not None]
+    if not c or min(c) <= 0:
+        return None
+    return max(c) <= BALANCE_RATIO * min(c)
+
+
+def class_counts(rd: RunData) -> list[int]:
+    labels = rd.dataset.get("labels")
+    if not labels:
+        return []
+    return np.bincount(np.asarray(labels, dtype=int)).tolist()
+
+
+def _score_cells(r, metrics, failed_all) -> list[Cell]:
+    out = []
+    for m in metrics:
+        if failed_all:
+            out.append(Cell("failed", -1.0, "failed", r["error"]))
+        else:
+            out.append(Cell(fmt_pm(r[f"{m}_mean"], r[f"{m}_std"]), _sortval(r[f"{m}_mean"]),
+                            sub=fmt_ci(r[f"{m}_ci_low"], r[f"{m}_ci_high"])))
+    return out
+
+
+def _size_cells(r, with_params: bool) -> list[Cell]:
+    """Feature dimension (classic rows) and trainable parameters (end-to-end rows)."""
+    end_to_end = r["family"] == "cnn"
+    dim = Cell("-", None, "muted", "end-to-end: no separate feature vector") if end_to_end else \
+        Cell(_num(r["n_features"], ".0f"), _sortval(r["n_features"]))
+    if not with_params:
+        return [dim]
+    params = Cell(_num(r["n_features"], ",.0f"), _sortval(r["n_features"])) if end_to_end else \
+        Cell("-", None, "muted", "the classifier's parameters are not counted")
+    return [dim, params]
+
+
+def leaderboard(summary: pd.DataFrame, top: int | None = None, name: str = "leaderboard",
+                balanced: bool | None = None) -> Table:
+    """All rows: mean ± std and 95% interval (percent), costs, size and folds.
+
+    ``balanced``: the classes are balanced, so the balanced-accuracy column is left out
+    (and the caption says so). "Feature dim" is the vector the classifier sees;
+    "Trainable params" (only when there are end-to-end rows) the CNN's trained weights.
+    """
     multi = summary["dataset"].nunique() > 1 if len(summary) else False
+    metrics = ["macro_f1", "accuracy"] + ([] if balanced else ["balanced_accuracy"])
+    with_params = bool(len(summary)) and (summary["family"] == "cnn").any()
     cols = (["#"] + (["Dataset"] if multi else [])
-            + ["Feature", "Family", "Classifier", "Macro-F1 %", "Accuracy %", "Balanced acc. %",
-               "Extract ms/img", "Fit s", "Predict s", "Dim", "Folds ok"])
+            + ["Feature", "Family", "Classifier", "Macro-F1 %", "Accuracy %"]
+            + ([] if balanced else ["Balanced acc. %"])
+            + ["Extract ms/img", "Fit s", "Predict s", "Feature dim"]
+            + (["Trainable params"] if with_params else []) + ["Folds ok"])
     numeric = {0} | set(range(cols.index("Macro-F1 %"), len(cols)))
     rows, rclasses = [], []
     rank = 0
@@ -258,50 +328,63 @@ def leaderboard(summary: pd.DataFrame, top: int | None = None, name: str = "lead
     for _, r in df.iterrows():
         failed_all = r["n_folds_ok"] == 0
         rank += 0 if r["variant"] else 1
-        feat = feature_display(r["feature"], r["weights"])
-        fcls = "warn" if is_random_init(r["weights"]) else ""
-        if r["variant"]:
-            feat += f" ({r['variant']})"
+        feat = feature_name(r["feature"], r["weights"], r["variant"])
+        fcls = "name warn" if is_random_init(r["weights"]) else "name"
         cells = [Cell("" if r["variant"] else str(rank), rank if not r["variant"] else 1e9)]
         if multi:
-            cells.append(Cell(str(r["dataset"])))
+            cells.append(Cell(str(r["dataset"]), cls="name"))
         cells += [Cell(feat, feat.lower(), fcls),
                   Cell(FAMILY_TITLES.get(r["family"], r["family"]), r["family"],
                        f"fam-{css_token(r['family'])}"),
-                  Cell(str(r["classifier"]), str(r["classifier"]).lower())]
-        for m in ("macro_f1", "accuracy", "balanced_accuracy"):
-            if failed_all:
-                cells.append(Cell("failed", -1.0, "failed", r["error"]))
-            else:
-                cells.append(Cell(fmt_pm(r[f"{m}_mean"], r[f"{m}_std"]), _sortval(r[f"{m}_mean"]),
-                                  sub=fmt_ci(r[f"{m}_ci_low"], r[f"{m}_ci_high"])))
+                  Cell(str(r["classifier"]), str(r["classifier"]).lower(), "name")]
+        cells += _score_cells(r, metrics, failed_all)
         n_tot = int(r["n_folds_ok"] + r["n_folds_failed"])
         cells += [Cell(_num(r["extract_ms_per_image"], ".2f"), _sortval(r["extract_ms_per_image"])),
                   Cell(_num(r["fit_s"], ".2f"), _sortval(r["fit_s"])),
                   Cell(_num(r["predict_s"], ".3f"), _sortval(r["predict_s"])),
-                  Cell(_num(r["n_features"], ".0f"), _sortval(r["n_features"])),
+                  *_size_cells(r, with_params),
                   Cell(f"{int(r['n_folds_ok'])}/{n_tot}", r["n_folds_ok"],
                        "failed" if r["n_folds_failed"] else "", r["error"] or "")]
         rows.append(cells)
         classes = ["variant" if r["variant"] else "", "failed-row" if failed_all else "",
                    f"fam-{css_token(r['family'])}"]
         rclasses.append(" ".join(c for c in classes if c))
-    cap = ("Mean ± std over folds, with the Student-t 95% interval below (percent). Variant rows (e.g. "
-           "random-split, which leaks near-duplicate patches between train and test) are listed unranked "
-           "after the main rows.")
-    return Table(name, cols, rows, numeric, cap, rclasses)
+    return Table(name, cols, rows, numeric, leaderboard_caption(df, balanced), rclasses)
+
+
+def leaderboard_caption(df: pd.DataFrame, balanced: bool | None) -> str:
+    """The caption says what the table shows, and only that: the variants present, the
+    columns left out and the hybrid extraction times."""
+    cap = "Mean ± std over folds, with the Student-t 95% interval below (percent)."
+    variants = list(dict.fromkeys(v for v in df["variant"] if v)) if len(df) else []
+    if variants:
+        words = "; ".join(f"{v}: {variant_words(v)}" for v in variants)
+        cap += f" Variant rows, listed unranked after the main rows ({words})."
+    if balanced:
+        cap += (" Balanced accuracy is not shown: the classes are balanced, so it repeats "
+                "accuracy.")
+    if len(df) and (df["family"] == "cnn").any():
+        cap += (" Feature dim: length of the vector the classifier sees; trainable params: weights "
+                "an end-to-end CNN trains (its fit time is the training).")
+    if len(df) and (df["family"] == "hybrid").any() and "extract_parts" in df and \
+            df["extract_parts"].notna().any():
+        cap += " Extract ms/img of a hybrid row is the sum of its parts' times."
+    return cap
 
 
 # --------------------------------------------------------------------------- families
-def family_table(summary: pd.DataFrame, dataset: str | None = None) -> Table:
-    """Best row of each family and its macro-F1 difference to the best hand-crafted row.
+def family_table(summary: pd.DataFrame, dataset: str | None = None, rd: RunData | None = None,
+                 n_images: int | None = None) -> Table:
+    """Best row of each family, its macro-F1 difference to the best hand-crafted row and,
+    given the run (``rd``), the paired p-value against the best of all family bests.
 
     Only pretrained rows represent a family; a family with only random-init rows is
-    listed as "not pretrained" (its best random row shown, no Δ).
+    listed as "not pretrained" (its best random row shown, no Δ, no test).
     """
     best = best_by_family(summary, dataset=dataset)
     unpretrained = not_pretrained_families(summary, dataset=dataset)
     ref = best.get("handcrafted")
+    top = max(best.values(), key=lambda r: r["macro_f1_mean"]) if best else None
     rows = []
     order = [f for f in FAMILY_ORDER if f in best or f in unpretrained] + \
         [f for f in list(best) + list(unpretrained) if f not in FAMILY_ORDER]
@@ -310,26 +393,95 @@ def family_table(summary: pd.DataFrame, dataset: str | None = None) -> Table:
             r = best[fam]
             delta = "" if ref is None or fam == "handcrafted" else \
                 f"{100 * (r['macro_f1_mean'] - ref['macro_f1_mean']):+.1f}"
-            row_cell = Cell(label_of(r))
+            row_cell = Cell(label_of(r), cls="name")
         else:
             r, delta = unpretrained[fam], ""
-            row_cell = Cell(f"not pretrained: {label_of(r)}", cls="warn",
+            row_cell = Cell(f"not pretrained: {label_of(r)}", cls="name warn",
                             title="every row of this family uses random weights; excluded from the verdict")
-        rows.append([Cell(FAMILY_TITLES.get(fam, fam), fam, f"fam-{css_token(fam)}"),
-                     row_cell,
-                     Cell(fmt_pm(r["macro_f1_mean"], r["macro_f1_std"]), _sortval(r["macro_f1_mean"]),
-                          sub=fmt_ci(r["macro_f1_ci_low"], r["macro_f1_ci_high"])),
-                     Cell(fmt_pm(r["accuracy_mean"], r["accuracy_std"]), _sortval(r["accuracy_mean"]),
-                          sub=fmt_ci(r["accuracy_ci_low"], r["accuracy_ci_high"])),
-                     Cell(delta, _sortval(float(delta)) if delta else None),
-                     Cell(_num(cost_seconds_row(r, None), ".1f"))])
-    return Table("families" + (f"-{css_token(dataset)}" if dataset else ""),
-                 ["Family", "Best row", "Macro-F1 %", "Accuracy %", "Δ macro-F1 vs hand-crafted (points)",
-                  "Cost s"], rows, {2, 3, 4, 5},
-                 "Best row of each feature family by mean macro-F1 among pretrained rows (mean ± std, "
-                 "95% interval below); Δ is in percentage points; cost = feature extraction for all "
-                 "images + one fit, in seconds. A family with only random-init rows is \"not "
-                 "pretrained\" and takes no part in the verdict.")
+        cells = [Cell(FAMILY_TITLES.get(fam, fam), fam, f"fam-{css_token(fam)}"), row_cell,
+                 Cell(fmt_pm(r["macro_f1_mean"], r["macro_f1_std"]), _sortval(r["macro_f1_mean"]),
+                      sub=fmt_ci(r["macro_f1_ci_low"], r["macro_f1_ci_high"])),
+                 Cell(fmt_pm(r["accuracy_mean"], r["accuracy_std"]), _sortval(r["accuracy_mean"]),
+                      sub=fmt_ci(r["accuracy_ci_low"], r["accuracy_ci_high"])),
+                 Cell(delta, _sortval(float(delta)) if delta else None)]
+        if rd is not None:
+            cells.append(_p_vs_best(rd, r, top, fam in best))
+        cells.append(Cell(_num(cost_seconds_row(r, n_images), ".1f"), _sortval(cost_seconds_row(r, n_images))))
+        rows.append(cells)
+    cols = ["Family", "Best row", "Macro-F1 %", "Accuracy %", "Δ macro-F1 vs hand-crafted (points)"] + \
+        (["p vs best row"] if rd is not None else []) + ["Cost s"]
+    cap = ("Best row of each feature family by mean macro-F1 among pretrained rows (mean ± std, "
+           "95% interval below); Δ is in percentage points; ")
+    if rd is not None:
+        cap += ("p vs best row: paired test against the best of these rows (corrected resampled t-test "
+                "over folds; McNemar when there is no t-test); ")
+    cap += ("cost = feature extraction for all images + one fit, in seconds. A family with only "
+            "random-init rows is \"not pretrained\" and takes no part in the verdict.")
+    return Table("families" + (f"-{css_token(dataset)}" if dataset else ""), cols, rows,
+                 set(range(2, len(cols))), cap)
+
+
+def _p_vs_best(rd: RunData, r, top, pretrained: bool) -> Cell:
+    if top is None or not pretrained:
+        return Cell("-", None, "muted")
+    if key_of(r) == key_of(top):
+        return Cell("best", 0.0, "muted")
+    c = compare_rows(rd, top, r)
+    if deciding_test(c) == "ttest":
+        return Cell(fmt_p(c.ttest.p), _sortval(c.ttest.p), "sig" if c.ttest.p < ALPHA else "", sub="t-test")
+    if c.mcnemar is not None:
+        return Cell(fmt_p(c.mcnemar.p), _sortval(c.mcnemar.p), "sig" if c.mcnemar.p < ALPHA else "",
+                    sub="McNemar")
+    return Cell("-", None, "muted", c.note)
+
+
+def _spec_key(name, params) -> str:
+    import json
+    return json.dumps({"name": name, "params": params or {}}, sort_keys=True, default=str)
+
+
+def part_costs(features: dict) -> dict[str, tuple[float, str]]:
+    """Hybrid feature -> (extraction ms/image including every part, "lbp 1.3 + lite0-gap 11.1").
+
+    A hybrid (concatenation) runs its parts itself, but its own timing may miss a part
+    whose model was already warm; the run's standalone features with the same name and
+    parameters give each part's time, and the hybrid is shown with their sum (never less
+    than its own measured time). Hybrids whose parts have no standalone twin are left out.
+    """
+    twins = {}
+    for label, f in features.items():
+        if f.get("family") != "hybrid" and f.get("extract_ms_per_image") is not None:
+            twins.setdefault(_spec_key(f.get("name"), f.get("params")), (label, f["extract_ms_per_image"]))
+    out = {}
+    for label, f in features.items():
+        parts = (f.get("params") or {}).get("parts") if f.get("family") == "hybrid" else None
+        if not isinstance(parts, list) or not parts:
+            continue
+        found = []
+        for p in parts:
+            spec = {"name": p, "params": {}} if isinstance(p, str) else p if isinstance(p, dict) else {}
+            twin = twins.get(_spec_key(spec.get("name"), spec.get("params")))
+            if twin is None:
+                break
+            found.append(twin)
+        if len(found) == len(parts):
+            total = max(sum(ms for _, ms in found), f.get("extract_ms_per_image") or 0.0)
+            out[label] = (total, " + ".join(f"{lab} {ms:.1f}" for lab, ms in found))
+    return out
+
+
+def with_part_costs(summary: pd.DataFrame, features: dict) -> pd.DataFrame:
+    """The summary with each hybrid row's extraction time including its parts
+    (:func:`part_costs`) and the sum spelled out in ``extract_parts``."""
+    costs = part_costs(features or {})
+    out = summary.copy()
+    out["extract_parts"] = None
+    for i, r in out.iterrows():
+        if r["feature"] in costs:
+            ms, text = costs[r["feature"]]
+            out.at[i, "extract_ms_per_image"] = ms
+            out.at[i, "extract_parts"] = text
+    return out
 
 
 def cost_seconds_row(r, n_images) -> float:
@@ -474,85 +626,121 @@ def family_comparisons(rd: RunData, dataset: str | None = None) -> list[Comparis
     return [compare_rows(rd, best[f], best[g]) for f, g in pairs]
 
 
+def _no_comparison(families_present, not_pretrained) -> str:
+    fams = ", ".join(FAMILY_TITLES.get(f, f) for f in (families_present or [])) or "no"
+    if not_pretrained:
+        unp = ", ".join(FAMILY_TITLES.get(f, f) for f in not_pretrained)
+        return (f"No verdict against {unp} features: every such row uses random weights (not "
+                f"pretrained), so {fams} rows are compared with nothing. Supply ImageNet weights "
+                "(see the note above) for a real comparison.")
+    return f"Only {fams} rows finished, so there is no cross-family comparison to make."
+
+
+def deciding_test(c: Comparison) -> str:
+    """``ttest`` when the corrected t-test decides the verdict, ``mcnemar`` otherwise."""
+    return "ttest" if c.ttest is not None and np.isfinite(c.ttest.p) else "mcnemar"
+
+
+def _mcnemar_clause(c: Comparison) -> str:
+    """How McNemar on pooled predictions relates to a verdict the t-test decided."""
+    m = c.mcnemar
+    if m is None or not np.isfinite(m.p):
+        return ""
+    if (m.p < ALPHA) == c.significant:
+        return f"; McNemar on pooled predictions agrees, {_p_only(m.p)}"
+    why = ("it pools every test image into one count and ignores how much the score varies from fold "
+           "to fold, which the t-test accounts for") if m.p < ALPHA else \
+        ("it counts only the images on which exactly one row is right, while the t-test sees the gain "
+         "repeat fold after fold")
+    return f"; McNemar on pooled predictions disagrees ({_p_only(m.p)}): {why}"
+
+
 def verdict(c: Comparison | None, families_present: list[str] | None = None,
             not_pretrained: list[str] | None = None) -> str:
     """One sentence a reader can quote; careful to say 'no significant difference' when so.
 
+    The sentence names the test it follows: the corrected resampled t-test over folds
+    whenever there is one, else McNemar (official test split, or a single split). When
+    McNemar disagrees with the t-test, the same sentence says so and why.
     ``not_pretrained``: families whose rows all use random weights (never compared).
     """
     if c is None:
-        fams = ", ".join(FAMILY_TITLES.get(f, f) for f in (families_present or [])) or "no"
-        if not_pretrained:
-            unp = ", ".join(FAMILY_TITLES.get(f, f) for f in not_pretrained)
-            return (f"No verdict against {unp} features: every such row uses random weights (not "
-                    f"pretrained), so {fams} rows are compared with nothing. Supply ImageNet weights "
-                    "(see the note above) for a real comparison.")
-        return f"Only {fams} rows finished, so there is no cross-family comparison to make."
+        return _no_comparison(families_present, not_pretrained)
     a, b = label_of(c.a), label_of(c.b)
     pts = 100 * c.diff
-    tests = []
-    if c.ttest is not None:
-        tests.append(_p_phrase("corrected t-test", c.ttest.p))
-    if c.mcnemar is not None:
-        tests.append(_p_phrase("McNemar", c.mcnemar.p))
-    if c.boot is not None and np.isfinite(c.boot.ci_low):
-        tests.append("test-set bootstrap 95% interval of the difference "
-                     f"{fmt_ci(c.boot.ci_low, c.boot.ci_high)} points")
-    tests_txt = "; ".join(tests) if tests else "no test possible: " + c.note
     if not np.isfinite(pts):
         return f"{a} and {b} share no finished split, so they cannot be compared."
+    if deciding_test(c) == "ttest":
+        test = (f"corrected resampled t-test over {c.n_common_splits} folds, "
+                f"{_p_only(c.ttest.p)}")
+        extra = _mcnemar_clause(c)
+    elif c.mcnemar is not None:
+        where = "the test-set predictions" if c.boot is not None else "pooled predictions"
+        test = f"McNemar on {where}, {_p_only(c.mcnemar.p)}"
+        extra = f"; no t-test: {c.note}" if c.note and c.boot is None else ""
+        if c.boot is not None and np.isfinite(c.boot.ci_low):
+            extra += ("; test-set bootstrap 95% interval of the difference "
+                      f"{fmt_ci(c.boot.ci_low, c.boot.ci_high)} points")
+    else:
+        return (f"{a} is ahead of {b} by {pts:.1f} macro-F1 points, with no test possible: "
+                f"{c.note}.")
     if c.significant:
-        return f"{a} beats {b} by {pts:.1f} macro-F1 points ({tests_txt})."
-    return (f"No significant difference between {a} and {b}: {a} is ahead by {pts:.1f} macro-F1 points "
-            f"({tests_txt}).")
+        return f"{a} beats {b} by {pts:.1f} macro-F1 points ({test}{extra})."
+    return (f"No significant difference between {a} and {b} ({test}): {a} is ahead by {pts:.1f} "
+            f"macro-F1 points{extra}.")
+
+
+def _ttest_cell(t) -> Cell:
+    if t is None:
+        return Cell("-", None)
+    return Cell(fmt_p(t.p), _sortval(t.p), "sig" if np.isfinite(t.p) and t.p < ALPHA else "",
+                sub=f"t = {_num(t.t, '.2f')}, {t.n_splits} folds")
+
+
+def _boot_cell(bt) -> Cell:
+    ok = bt is not None and np.isfinite(bt.ci_low)
+    return Cell(fmt_ci(bt.ci_low, bt.ci_high) if ok else "-", _sortval(bt.ci_low) if ok else None,
+                "sig" if ok and (bt.ci_low > 0 or bt.ci_high < 0) else "",
+                sub=f"{bt.n} test images, {bt.n_resamples} resamples" if ok else "")
 
 
 def comparisons_table(comps: list[Comparison], name: str = "statistics") -> Table:
+    """One line per pair of family bests; the "Verdict" column names the deciding test."""
     rows = []
     with_boot = any(c.boot is not None for c in comps)
     for c in comps:
-        t, m = c.ttest, c.mcnemar
-        extra = []
-        if with_boot:
-            bt = c.boot
-            ok = bt is not None and np.isfinite(bt.ci_low)
-            extra = [Cell(fmt_ci(bt.ci_low, bt.ci_high) if ok else "-", _sortval(bt.ci_low) if ok else None,
-                          "sig" if ok and (bt.ci_low > 0 or bt.ci_high < 0) else "",
-                          sub=f"{bt.n} test images, {bt.n_resamples} resamples" if ok else "")]
-        rows.append([Cell(label_of(c.a), cls="warn" if is_random_init(c.a["weights"]) else ""),
-                     Cell(label_of(c.b), cls="warn" if is_random_init(c.b["weights"]) else ""),
-                     Cell(f"{100 * c.diff:+.1f}" if np.isfinite(c.diff) else "-", _sortval(c.diff)),
-                     Cell(str(c.n_common_splits), c.n_common_splits),
-                     Cell("-" if t is None else _num(t.t, ".2f"), None if t is None else _sortval(t.t)),
-                     Cell("-" if t is None else fmt_p(t.p), None if t is None else _sortval(t.p),
-                          "sig" if t is not None and np.isfinite(t.p) and t.p < ALPHA else ""),
+        m = c.mcnemar
+        decided = "t-test" if deciding_test(c) == "ttest" else "McNemar"
+        rows.append([Cell(label_of(c.a), cls="name warn" if is_random_init(c.a["weights"]) else "name"),
+                     Cell(label_of(c.b), cls="name warn" if is_random_init(c.b["weights"]) else "name"),
+                     Cell(f"{100 * c.diff:+.1f}" if np.isfinite(c.diff) else "-", _sortval(c.diff),
+                          sub=f"{c.n_common_splits} splits"),
+                     _ttest_cell(c.ttest),
                      Cell("-" if m is None else fmt_p(m.p), None if m is None else m.p,
                           "sig" if m is not None and m.p < ALPHA else "",
                           sub="" if m is None else f"{m.b} vs {m.c} discordant, {m.method}"),
-                     *extra,
+                     *([_boot_cell(c.boot)] if with_boot else []),
                      Cell("significant" if c.significant else "not significant",
-                          cls="sig" if c.significant else "muted"),
-                     Cell(c.note, cls="muted")])
-    cols = ["Better row (A)", "Other row (B)", "Δ macro-F1 (points)", "Splits", "t",
-            "Corrected t-test p", "McNemar p"]
+                          cls="sig" if c.significant else "muted", sub=f"by {decided}"),
+                     Cell(c.note, cls="muted note")])
+    cols = ["Better row (A)", "Other row (B)", "Δ macro-F1 (points)", "Corrected t-test p", "McNemar p"]
     if with_boot:
         cols.append("Test-set bootstrap 95% CI of Δ (points)")
     cols += [f"At α = {ALPHA}", "Note"]
     if with_boot:
-        return Table(name, cols, rows, {2, 3, 4, 5, 6, 7},
+        return Table(name, cols, rows, set(range(2, 6)),
                      "Official test split: every row is scored on the same test images, so there is no "
                      "corrected t-test (repeats differ only by seed). McNemar's test on the test-set "
                      "predictions of the first seed, matched image by image (discordant: A right and B "
                      "wrong vs A wrong and B right), decides the verdict; the interval is a paired "
                      "percentile bootstrap of the macro-F1 difference A − B over test images. p-values "
                      "are not adjusted for multiple comparisons.")
-    return Table(name, cols, rows, {2, 3, 4, 5, 6},
-                 "Nadeau–Bengio corrected resampled t-test on per-split macro-F1 (same splits; it decides "
-                 "the "
-                 "verdict, McNemar only when a single split is available); McNemar on pooled out-of-fold "
-                 "predictions of the first repeat, matched image by image (discordant: A right and B wrong "
-                 "vs "
-                 "A wrong and B right). p-values are not adjusted for multiple comparisons.")
+    return Table(name, cols, rows, {2, 3, 4},
+                 "The Nadeau–Bengio corrected resampled t-test on per-fold macro-F1 (same folds) decides "
+                 "the verdict; McNemar on pooled out-of-fold predictions of the first repeat, matched "
+                 "image by image (discordant: A right and B wrong vs A wrong and B right), decides only "
+                 "when there is a single split. The two can disagree: the t-test weighs fold-to-fold "
+                 "variance, McNemar pooled counts. p-values are not adjusted for multiple comparisons.")
 
 
 # --------------------------------------------------------------------------- failures, counts
