@@ -51,6 +51,7 @@ DEFAULTS: dict[str, Any] = {
                "explain": True, "analysis_budget_s": 120},
     "count": None,
     "on_missing_weights": "random",
+    "engine": "auto",  # who runs frozen CNNs (bench.features.engines); a cnn's own `engine` wins
     "on_bad_image": None,
     "offline": False,
 }
@@ -64,6 +65,7 @@ CHOICES = {
     "protocol.metric": ("accuracy", "balanced_accuracy", "macro_f1"),
     "parallel.backend": ("loky", "threading", "sequential", "dask"),
     "on_missing_weights": ("random", "error"),
+    "engine": ("auto", "keras", "onnxruntime", "openvino"),  # == bench.features.engines.ENGINES
     "on_bad_image": (None, "error", "skip"),
 }
 
@@ -376,6 +378,7 @@ def validate(cfg: dict) -> dict:
             raise _type_error(f"report.{k}", rep[k], "true or false")
 
     _check_choice("on_missing_weights", cfg["on_missing_weights"])
+    _check_choice("engine", cfg["engine"])
     if not isinstance(cfg["offline"], bool):
         raise _type_error("offline", cfg["offline"], "true (never download weights) or false")
     _check_choice("on_bad_image", cfg["on_bad_image"])
@@ -451,9 +454,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def config_hash(cfg: dict) -> str:
-    """Stable hash of what determines the results (output paths, parallelism and the offline
-    switch excluded: rows record the weights they got, and their labels say random-init)."""
-    relevant = {k: v for k, v in cfg.items() if k not in ("output", "parallel", "report", "offline")}
+    """Stable hash of what determines the results (output paths, parallelism, the offline
+    switch and the inference engine excluded: rows record the weights they got, and their
+    labels say random-init; engines give the same embeddings within 1e-4)."""
+    relevant = {k: v for k, v in cfg.items()
+                if k not in ("output", "parallel", "report", "offline", "engine")}
     if relevant.get("datasets"):  # a suite: each member by its own hash
         relevant["datasets"] = [config_hash(m) for m in relevant["datasets"]]
     else:  # single-dataset configs hash as before the key existed (their run folders resume)

@@ -617,6 +617,9 @@ def _run(cfg: dict, *, progress: Progress | None = None, new: bool = False,
             if spec["name"] == "cnn" and "on_missing_weights" in extractor.get_params() \
                     and "on_missing_weights" not in spec["params"]:
                 extractor.set_params(on_missing_weights=cfg["on_missing_weights"])
+            if spec["name"] == "cnn" and "engine" in extractor.get_params() \
+                    and "engine" not in spec["params"]:
+                extractor.set_params(engine=cfg.get("engine", "auto"))
             prep = spec["prepare"]
             prepare = Prepare(prep["color"], tuple(prep["size"]) if prep["size"] else None,
                               tuple(prep["depth_range"]) if isinstance(prep["depth_range"], list)
@@ -689,6 +692,7 @@ def _run(cfg: dict, *, progress: Progress | None = None, new: bool = False,
             features_meta[label] = {"name": spec["name"], "family": family,
                                     "weights": weights_of(desc),
                                     "weights_file": desc.get("weights_file"),
+                                    "engine": desc.get("engine"),
                                     "describe": desc,
                                     "n_features": int(X.shape[1]) if X.dtype != object and X.ndim == 2 else None,
                                     "extract_ms_per_image": ms, "cached": cached,
