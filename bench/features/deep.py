@@ -75,6 +75,12 @@ this many images (counting the current :meth:`~CNNFeatures.transform` call, so c
 calls qualify too): freezing costs ~1 s (MobileNetV2) to ~3 s (ResNet50) on 2 CPU cores and saves
 ~25% (MobileNetV2) to ~5% (ResNet50) of the forward time, so it pays off from a few
 hundred images. ``None`` never freezes."""
+ENGINE_MIN_IMAGES = 256
+"""With ``engine: auto``, switch from Keras to the faster engine (ONNX Runtime on a CPU)
+once this extractor has been given this many images, unless the model's export is
+already cached (then from the first image): the one-off export and check cost ~5 s
+(MobileNetV2) to ~20 s (ResNet50) on 2 CPU cores, paid once per model and machine.
+``None`` never switches by itself (:meth:`CNNFeatures.use_engine` still does)."""
 
 _runtime_lock = threading.Lock()
 _runtime_configured = False
@@ -333,9 +339,10 @@ class CNNFeatures(Extractor):
         """Provenance of every row: weights label and file, backbone, layer, pooling, device.
 
         Never builds the network or imports a framework: ``device`` and ``engine`` are
-        where and by what it ran (``engine_fallback`` says why Keras ran instead of the
-        engine asked for), or ``None`` when nothing was computed in this process
-        (features from cache).
+        where and by what it ran (``keras+onnxruntime``: the first images by Keras, the
+        rest by ONNX Runtime, see :data:`ENGINE_MIN_IMAGES`; ``engine_fallback`` says why
+        Keras ran instead of the engine asked for), or ``None`` when nothing was computed
+        in this process (features from cache).
         """
         hw = self._check_params()
         bb = self._backbone()
@@ -344,7 +351,7 @@ class CNNFeatures(Extractor):
                "layer": self.layer, "layer_ref": bb.layer_ref(self.layer), "pooling": self.pooling,
                "input_size": list(hw), "preprocessing": bb.preprocessing,
                "precision": self.precision, "device": getattr(self, "device_", None),
-               "engine": getattr(self, "engine_", None)}
+               "engine": "+".join(self.__dict__.get("_engines_used", [])) or None}
         choice = getattr(self, "engine_choice_", None)
         if choice is not None and choice.fallback:
             out["engine_fallback"] = choice.fallback
@@ -417,13 +424,20 @@ class CNNFeatures(Extractor):
         self.model_ = model
         self.preprocess_ = bb.preprocess_fn()
         keras_forward, keras_how = self._keras_forward(model, hw)
-        choice = engines.choose(
-            self.engine, model=model, input_hw=hw, preprocess=self._graph_preprocess(),
-            identity=self._model_identity(bb, hw, resolved), keras_forward=keras_forward,
-            keras_how=keras_how, device=self.device_, backend=keras.backend.backend(),
-            threads=available_cpus(), precision=self.precision, label=f"cnn {bb.name}")
-        self.engine_choice_, self.engine_ = choice, choice.name
-        self.forward_, self.forward_how_ = choice.forward, choice.how
+        identity = self._model_identity(bb, hw, resolved)
+        self._choose_args = dict(
+            model=model, input_hw=hw, preprocess=self._graph_preprocess(), identity=identity,
+            keras_forward=keras_forward, keras_how=keras_how, device=self.device_,
+            backend=keras.backend.backend(), threads=available_cpus(), precision=self.precision,
+            label=f"cnn {bb.name}")
+        wanted, _ = engines.resolve(self.engine, self.device_, keras.backend.backend(), self.precision)
+        self._engine_pending = (self.engine == "auto" and wanted != "keras"
+                                and not engines.is_exported(identity))
+        if self._engine_pending:  # few images need no export: see ENGINE_MIN_IMAGES
+            choice = engines.EngineChoice("keras", keras_forward, keras_how, requested="auto")
+        else:
+            choice = engines.choose(self.engine, **self._choose_args)
+        self._set_engine(choice)
         self._frozen, self._seen = False, 0
         self.weights_ = resolved
         self.input_hw_ = hw
@@ -560,6 +574,25 @@ class CNNFeatures(Extractor):
             i += len(chunk)
         return outs[0] if len(outs) == 1 else np.concatenate(outs)
 
+    def _set_engine(self, choice: "engines.EngineChoice") -> None:
+        self.engine_choice_, self.engine_ = choice, choice.name
+        self.forward_, self.forward_how_ = choice.forward, choice.how
+
+    def use_engine(self) -> "CNNFeatures":
+        """Switch to the engine ``engine`` asks for now (``auto``: export, check and load the
+        ONNX model even for a few images); a no-op when it is in use already.
+
+        :meth:`transform` does this by itself after :data:`ENGINE_MIN_IMAGES` images.
+        """
+        self._ensure_built()
+        if self.__dict__.get("_engine_pending"):
+            self._engine_pending = False
+            self._set_engine(engines.choose(self.engine, **self._choose_args))
+            if self.engine_ == "keras":  # fell back: the frozen graph is still worth having
+                self._frozen = False
+            log.debug("cnn %s: forward pass now %s", self.backbone, self.forward_how_)
+        return self
+
     def freeze(self) -> "CNNFeatures":
         """Switch to the frozen-graph forward pass now (TensorFlow's Keras engine; a no-op
         elsewhere or twice: ONNX Runtime and OpenVINO fold BatchNorm themselves).
@@ -585,9 +618,14 @@ class CNNFeatures(Extractor):
         n = len(images)
         seen = self.__dict__.get("_seen", 0) + n
         self._seen = seen
+        if ENGINE_MIN_IMAGES is not None and seen >= ENGINE_MIN_IMAGES:
+            self.use_engine()
         if FREEZE_MIN_IMAGES is not None and seen >= FREEZE_MIN_IMAGES:
             self.freeze()
         out = np.empty((n, self.n_features_), dtype=np.float32)
+        used = self.__dict__.setdefault("_engines_used", [])
+        if n and self.engine_ not in used:
+            used.append(self.engine_)
         finished = 0
         for start, batch in self._batches(images):
             feats = self._forward_safe(batch)
@@ -607,7 +645,8 @@ class CNNFeatures(Extractor):
     # -- pickling: the compiled model stays in its process ---------------------------------
     _RUNTIME = ("model_", "forward_", "forward_how_", "preprocess_", "device_", "n_features_",
                 "input_hw_", "weights_", "_small_lock", "_small_warned", "_max_forward",
-                "_built_params", "_frozen", "_seen", "engine_", "engine_choice_")
+                "_built_params", "_frozen", "_seen", "engine_", "engine_choice_", "_choose_args",
+                "_engine_pending", "_engines_used")
 
     def __getstate__(self):
         state = dict(super().__getstate__())

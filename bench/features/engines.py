@@ -15,7 +15,9 @@ any of these; ``engine`` picks which:
   precision, threads = cores). Optional: ``pip install 'bench[openvino]'``;
 * ``auto`` (default) -- on a CPU with the TensorFlow backend the first installed
   engine of :data:`AUTO_CPU` (chosen by measurement, docs/BENCHMARKS.md), else
-  ``keras`` (GPUs, other Keras backends, ``precision: mixed``).
+  ``keras`` (GPUs, other Keras backends, ``precision: mixed``). The extractor starts on
+  Keras and switches after :data:`bench.features.deep.ENGINE_MIN_IMAGES` images (the
+  export costs seconds), or at once when the model's export is cached already.
 
 Exported files are cached under ``<bench cache>/onnx/`` (``cache.dir`` of the run,
 ``$BENCH_CACHE_DIR`` or ``~/.cache/bench``), named by a hash of the model's identity
@@ -199,6 +201,12 @@ def export_onnx(model, input_hw, preprocess: Callable | None, path: Path) -> Pat
     return path
 
 
+def is_exported(identity: dict) -> bool:
+    """Whether the export of ``identity`` is in the cache already (no import, no build)."""
+    path = onnx_dir() / f"{model_key(identity)}.onnx"
+    return path.is_file() and path.stat().st_size > 0
+
+
 def ensure_onnx(model, input_hw, preprocess, identity: dict) -> Path:
     """The cached export of ``identity``, made now when absent."""
     path = onnx_dir() / f"{model_key(identity)}.onnx"
@@ -244,7 +252,7 @@ def openvino_forward(path: Path, threads: int) -> tuple[Callable[[np.ndarray], n
     def forward(batch: np.ndarray) -> np.ndarray:
         res = request.infer({0: np.ascontiguousarray(batch, dtype=np.uint8)})
         return np.array(res[output], dtype=np.float32)
-    return forward, f"openvino {ov.__version__} (CPU, {n} threads)"
+    return forward, f"openvino {ov.__version__.split('-')[0]} (CPU, {n} threads)"
 
 
 RUNTIMES = {"onnxruntime": onnxruntime_forward, "openvino": openvino_forward}
