@@ -34,8 +34,13 @@ def _producer(tensor):
 
 
 def _consumers(model) -> dict:
-    """``{id(layer): [layers that take one of its outputs]}`` over the model's graph."""
+    """``{id(layer): [layers that take one of its outputs]}`` over the model's graph (a model
+    output counts as a consumer, ``None``)."""
     out: dict = {}
+    for t in model.outputs:
+        src = _producer(t)
+        if src is not None:
+            out.setdefault(id(src), []).append(None)
     for layer in model.layers:
         for node in getattr(layer, "_inbound_nodes", []):
             for t in node.input_tensors:
