@@ -380,6 +380,7 @@ def validate(cfg: dict) -> dict:
             raise _type_error(f"report.{k}", rep[k], "text (or leave it out)")
 
     _check_choice("on_missing_weights", cfg["on_missing_weights"])
+    _check_choice("engine", cfg["engine"])
     if not isinstance(cfg["offline"], bool):
         raise _type_error("offline", cfg["offline"], "true (never download weights) or false")
     _check_choice("on_bad_image", cfg["on_bad_image"])
@@ -526,9 +527,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def config_hash(cfg: dict) -> str:
-    """Stable hash of what determines the results (output paths, parallelism and the offline
-    switch excluded: rows record the weights they got, and their labels say random-init)."""
-    relevant = {k: v for k, v in cfg.items() if k not in ("output", "parallel", "report", "offline")}
+    """Stable hash of what determines the results (output paths, parallelism, the offline
+    switch and the inference engine excluded: rows record the weights they got, and their
+    labels say random-init; engines give the same embeddings within 1e-4)."""
+    relevant = {k: v for k, v in cfg.items()
+                if k not in ("output", "parallel", "report", "offline", "engine")}
     if relevant.get("datasets"):  # a suite: each member by its own hash
         relevant["datasets"] = [config_hash(m) for m in relevant["datasets"]]
     else:  # single-dataset configs hash as before the key existed (their run folders resume)

@@ -85,7 +85,7 @@ class FeatureMatrix:
         """The feature's entry of ``features.json``."""
         f, desc = self.feature, self.feature.describe()
         return {"name": f.spec["name"], "family": f.family, "weights": weights_of(desc),
-                "weights_file": desc.get("weights_file"), "describe": desc,
+                "weights_file": desc.get("weights_file"), "engine": desc.get("engine"), "describe": desc,
                 "n_features": int(self.X.shape[1]) if self.dense else None,
                 "extract_ms_per_image": self.ms_per_image, "cached": self.cached,
                 "params": f.spec["params"], "prepare": f.spec["prepare"]}
@@ -105,6 +105,8 @@ def build_feature(spec: dict, cfg: dict) -> Feature:
     if spec["name"] == "cnn" and "on_missing_weights" in extractor.get_params() \
             and "on_missing_weights" not in spec["params"]:
         extractor.set_params(on_missing_weights=cfg["on_missing_weights"])
+    if spec["name"] == "cnn" and "engine" in extractor.get_params() and "engine" not in spec["params"]:
+        extractor.set_params(engine=cfg.get("engine", "auto"))
     stage, fold_stage = extractor.stages()
     label = spec["label"]
     weights = weights_of(extractor.describe()) if hasattr(extractor, "describe") else None

@@ -214,21 +214,10 @@ def run_memory_npz(quick: bool = False, n: int | None = None) -> list[dict]:
 
 
 def _deep_rows(r: dict) -> list[dict]:
-    """One perf_deep measurement as two ratio rows: (a) vs model.predict, (b) vs forward."""
-    size = "x".join(str(v) for v in r.get("input_size", []))
-    common = {"section": "deep", "bench_s": r["bench_s"], "n_images": r["n_images"],
-              "note": (f"{r['bench_images_per_s']} img/s, batch {r['batch_size']}, "
-                       f"{r.get('weights')}, {r.get('forward')}, load avg {r.get('load_average_1min')}")}
-    return [
-        {**common, "what": f"{r['backbone']} {size}: files on disk -> embeddings",
-         "baseline_s": r["predict_s"], "ratio": r["speedup_vs_predict"],
-         "baseline": "model.predict on the same images preloaded in RAM (decode+resize+preprocess not timed)",
-         "target": r.get("target_vs_predict")},
-        {**common, "what": f"{r['backbone']} {size}: files on disk -> embeddings",
-         "baseline_s": r["forward_s"], "ratio": r["ratio_vs_forward"],
-         "baseline": "the compiled forward pass alone on preloaded tensors",
-         "target": r.get("target_vs_forward")},
-    ]
+    """One perf_deep measurement as ratio rows: (a) vs model.predict, (b) vs forward, and one
+    pair per inference engine (:func:`bench.perf_deep.table_rows`)."""
+    from .perf_deep import table_rows
+    return table_rows(r)
 
 
 def run(only: str | None = None, quick: bool = False, write: str | None = "docs/BENCHMARKS.md") -> list[dict]:

@@ -65,6 +65,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "report": K(None, doc="report and analysis parts, see the report section"),
         "count": K(None, doc="object counting on scenes (points datasets), see the count section"),
         "on_missing_weights": K("random", ("random", "error"), "missing ImageNet file: random init or error"),
+        "engine": K("auto", ("auto", "keras", "onnxruntime", "openvino"),
+                    "who runs frozen CNNs (bench.features.engines); a cnn's own `engine` wins"),
         "on_bad_image": K(None, (None, "error", "skip"), "unreadable image: dataset default, error or skip"),
         "offline": K(False, doc="never download weights"),
     },

@@ -18,13 +18,18 @@ How an image becomes a network input (the same for every backbone):
    so batches travel to the device as uint8.
 
 Speed. Images are read, decoded and resized in a background thread (bounded queue,
-two batches ahead) while the network runs on the current batch; on
-the TensorFlow backend the forward pass is a ``tf.function`` with a fixed input
+two batches ahead) while the network runs on the current batch. Who runs the network
+is the ``engine`` parameter (:mod:`bench.features.engines`): by default, on a CPU with
+the TensorFlow backend, ONNX Runtime on the model exported once to ONNX (faster than
+TensorFlow's own forward pass: docs/BENCHMARKS.md), checked against Keras; else Keras.
+Under ``KERAS_BACKEND=jax`` the Keras route is a ``jax.jit`` of the stateless forward
+pass with BatchNorm folded into the convolution weights (:mod:`bench.features.jax_forward`).
+On the TensorFlow backend the Keras route is a ``tf.function`` with a fixed input
 signature. Once it has seen :data:`FREEZE_MIN_IMAGES` images, its variables are
 folded into constants ("frozen"), which lets TensorFlow's graph optimiser fold
 batch-norm into the convolutions (about 1.3x on MobileNetV2 on a CPU, same outputs
-to 1e-6; not worth its one-off cost for a handful of images); other backends use
-``model.predict_on_batch`` (jit-compiled by Keras on JAX). TensorFlow's intra-op
+to 1e-6; not worth its one-off cost for a handful of images); torch uses
+``model.predict_on_batch``. TensorFlow's intra-op
 threads are set to the number of usable cores (more measured slower: 4 threads on
 2 cores took 9% longer), inter-op to at most 2, and GPU memory growth is enabled.
 XLA is not used: on CPU it was 20x slower for MobileNetV2. Only a few batches of
@@ -55,6 +60,7 @@ from .. import weights as weights_mod
 from ..errors import ConfigError, DataError
 from ..imaging import resize, to_rgb_u8
 from ..registry import FEATURES
+from . import engines
 from .backbones import Backbone, get_backbone
 from .base import Extractor
 
@@ -69,6 +75,12 @@ this many images (counting the current :meth:`~CNNFeatures.transform` call, so c
 calls qualify too): freezing costs ~1 s (MobileNetV2) to ~3 s (ResNet50) on 2 CPU cores and saves
 ~25% (MobileNetV2) to ~5% (ResNet50) of the forward time, so it pays off from a few
 hundred images. ``None`` never freezes."""
+ENGINE_MIN_IMAGES = 256
+"""With ``engine: auto``, switch from Keras to the faster engine (ONNX Runtime on a CPU)
+once this extractor has been given this many images, unless the model's export is
+already cached (then from the first image): the one-off export and check cost ~5 s
+(MobileNetV2) to ~20 s (ResNet50) on 2 CPU cores, paid once per model and machine.
+``None`` never switches by itself (:meth:`CNNFeatures.use_engine` still does)."""
 
 _runtime_lock = threading.Lock()
 _runtime_configured = False
@@ -225,11 +237,16 @@ class CNNFeatures(Extractor):
     depth_range : float depth maps to 8 bit: ``"minmax"`` per image or ``[lo, hi]``.
     precision : ``"float32"`` or ``"mixed"`` (float16 compute, float32 outputs; for GPUs).
     seed : initialisation seed when the weights are random.
+    engine : ``"auto"`` (default: ONNX Runtime on a CPU, Keras on a GPU), ``"keras"``,
+        ``"onnxruntime"`` or ``"openvino"``: who runs the network
+        (:mod:`bench.features.engines`; same embeddings within 1e-4, checked, with a
+        fallback to Keras and a warning).
 
     Fitted attributes (set on first :meth:`transform`): ``model_`` (the Keras
     sub-model input -> layer -> pooling), ``weights_`` (a
     :class:`bench.weights.ResolvedWeights`), ``device_``, ``input_hw_``,
-    ``n_features_``, ``forward_how_``.
+    ``n_features_``, ``forward_how_``, ``engine_`` (the engine used) and ``engine_choice_``
+    (a :class:`bench.features.engines.EngineChoice`).
     """
 
     family = "deep"
@@ -237,7 +254,7 @@ class CNNFeatures(Extractor):
 
     def __init__(self, backbone="mobilenetv2", pooling="avg", layer="last", input_size=None,
                  weights="imagenet", on_missing_weights="random", batch_size=32,
-                 depth_range="minmax", precision="float32", seed=0):
+                 depth_range="minmax", precision="float32", seed=0, engine="auto"):
         self.backbone = backbone
         self.pooling = pooling
         self.layer = layer
@@ -248,6 +265,7 @@ class CNNFeatures(Extractor):
         self.depth_range = depth_range
         self.precision = precision
         self.seed = seed
+        self.engine = engine
 
     # -- parameters ----------------------------------------------------------------
     def _backbone(self) -> Backbone:
@@ -288,6 +306,7 @@ class CNNFeatures(Extractor):
             raise ConfigError(f"layer={self.layer!r} of feature 'cnn' is not a layer name",
                               "e.g. layer: last, block4, or a Keras layer name")
         self._depth_range()
+        engines.check_engine(self.engine)
         return self._input_hw()
 
     def resolve_weights(self) -> "weights_mod.ResolvedWeights":
@@ -301,8 +320,9 @@ class CNNFeatures(Extractor):
 
         Covers backbone, layer (and what it resolves to), pooling, input size, the
         resolved weights (ImageNet/file: name, size, mtime; random: seed and Keras
-        version), preprocessing and precision; not batch size or on_missing_weights
-        (they do not change the numbers, only how we got them).
+        version), preprocessing and precision; not batch size, engine or
+        on_missing_weights (they do not change the numbers beyond 1e-4, only how we got
+        them; the engine used is in :meth:`describe`).
         """
         hw = self._check_params()
         bb = self._backbone()
@@ -318,8 +338,11 @@ class CNNFeatures(Extractor):
     def describe(self) -> dict:
         """Provenance of every row: weights label and file, backbone, layer, pooling, device.
 
-        Never builds the network or imports a framework: ``device`` is where it ran,
-        or ``None`` when nothing was computed in this process (features from cache).
+        Never builds the network or imports a framework: ``device`` and ``engine`` are
+        where and by what it ran (``keras+onnxruntime``: the first images by Keras, the
+        rest by ONNX Runtime, see :data:`ENGINE_MIN_IMAGES`; ``engine_fallback`` says why
+        Keras ran instead of the engine asked for), or ``None`` when nothing was computed
+        in this process (features from cache).
         """
         hw = self._check_params()
         bb = self._backbone()
@@ -327,7 +350,11 @@ class CNNFeatures(Extractor):
         out = {"weights": resolved.label, "weights_file": resolved.path, "backbone": bb.name,
                "layer": self.layer, "layer_ref": bb.layer_ref(self.layer), "pooling": self.pooling,
                "input_size": list(hw), "preprocessing": bb.preprocessing,
-               "precision": self.precision, "device": getattr(self, "device_", None)}
+               "precision": self.precision, "device": getattr(self, "device_", None),
+               "engine": "+".join(self.__dict__.get("_engines_used", [])) or None}
+        choice = getattr(self, "engine_choice_", None)
+        if choice is not None and choice.fallback:
+            out["engine_fallback"] = choice.fallback
         if resolved.note:
             out["weights_note"] = resolved.note
         if resolved.hint:
@@ -343,11 +370,8 @@ class CNNFeatures(Extractor):
         return self
 
     # -- model ---------------------------------------------------------------------
-    def _build(self) -> None:
-        hw = self._check_params()
-        bb = self._backbone()
-        resolved = self.resolve_weights()
-        configure_runtime()
+    def _assemble(self, bb: Backbone, hw, resolved):
+        """The Keras model input -> layer -> pooling (float32 outputs)."""
         import keras
         mixed = self.precision == "mixed"
         previous_policy = keras.mixed_precision.global_policy()
@@ -370,17 +394,54 @@ class CNNFeatures(Extractor):
             model = keras.Model(base.input, out, name=f"bench_{bb.name}_{self.pooling}")
         finally:
             keras.mixed_precision.set_global_policy(previous_policy)
-        if mixed and current_device() == "CPU":
+        return model
+
+    def _model_identity(self, bb: Backbone, hw, resolved) -> dict:
+        """What the exported ONNX file depends on (:func:`bench.features.engines.model_key`)."""
+        return {"cls": type(self).__name__, "version": self.version, "backbone": bb.name,
+                "layer_ref": bb.layer_ref(self.layer), "pooling": self.pooling, "input_hw": list(hw),
+                "weights": resolved.identity, "preprocessing": bb.preprocessing,
+                "precision": self.precision}
+
+    def _keras_forward(self, model, hw) -> tuple[Callable, str]:
+        """Bench's compiled Keras call: ``tf.function`` on TensorFlow, ``jax.jit`` on JAX."""
+        import keras
+        if keras.backend.backend() == "jax":
+            from .jax_forward import compile_jax_forward
+            return compile_jax_forward(model, hw, self._graph_preprocess(), int(self.batch_size))
+        return compile_forward(model, hw, self._graph_preprocess(), freeze=False)
+
+    def _build(self) -> None:
+        hw = self._check_params()
+        bb = self._backbone()
+        resolved = self.resolve_weights()
+        configure_runtime()
+        import keras
+        model = self._assemble(bb, hw, resolved)
+        self.device_ = current_device()
+        if self.precision == "mixed" and self.device_ == "CPU":
             log.info("precision=mixed on a CPU is usually slower than float32; it pays off on GPUs")
         self.model_ = model
         self.preprocess_ = bb.preprocess_fn()
-        self.forward_, self.forward_how_ = compile_forward(model, hw, self._graph_preprocess(),
-                                                           freeze=False)
+        keras_forward, keras_how = self._keras_forward(model, hw)
+        identity = self._model_identity(bb, hw, resolved)
+        self._choose_args = dict(
+            model=model, input_hw=hw, preprocess=self._graph_preprocess(), identity=identity,
+            keras_forward=keras_forward, keras_how=keras_how, device=self.device_,
+            backend=keras.backend.backend(), threads=available_cpus(), precision=self.precision,
+            label=f"cnn {bb.name}")
+        wanted, _ = engines.resolve(self.engine, self.device_, keras.backend.backend(), self.precision)
+        self._engine_pending = (self.engine == "auto" and wanted != "keras"
+                                and not engines.is_exported(identity))
+        if self._engine_pending:  # few images need no export: see ENGINE_MIN_IMAGES
+            choice = engines.EngineChoice("keras", keras_forward, keras_how, requested="auto")
+        else:
+            choice = engines.choose(self.engine, **self._choose_args)
+        self._set_engine(choice)
         self._frozen, self._seen = False, 0
         self.weights_ = resolved
         self.input_hw_ = hw
         self.n_features_ = int(model.output.shape[-1])
-        self.device_ = current_device()
         log.info("cnn %s: layer %s (%s), %s pooling, %dx%d input, %d features, weights %s, "
                  "%s on %s", bb.name, self.layer, bb.layer_ref(self.layer), self.pooling, hw[0],
                  hw[1], self.n_features_, resolved.label, self.forward_how_, self.device_)
@@ -513,8 +574,28 @@ class CNNFeatures(Extractor):
             i += len(chunk)
         return outs[0] if len(outs) == 1 else np.concatenate(outs)
 
+    def _set_engine(self, choice: "engines.EngineChoice") -> None:
+        self.engine_choice_, self.engine_ = choice, choice.name
+        self.forward_, self.forward_how_ = choice.forward, choice.how
+
+    def use_engine(self) -> "CNNFeatures":
+        """Switch to the engine ``engine`` asks for now (``auto``: export, check and load the
+        ONNX model even for a few images); a no-op when it is in use already.
+
+        :meth:`transform` does this by itself after :data:`ENGINE_MIN_IMAGES` images.
+        """
+        self._ensure_built()
+        if self.__dict__.get("_engine_pending"):
+            self._engine_pending = False
+            self._set_engine(engines.choose(self.engine, **self._choose_args))
+            if self.engine_ == "keras":  # fell back: the frozen graph is still worth having
+                self._frozen = False
+            log.debug("cnn %s: forward pass now %s", self.backbone, self.forward_how_)
+        return self
+
     def freeze(self) -> "CNNFeatures":
-        """Switch to the frozen-graph forward pass now (TensorFlow; a no-op elsewhere or twice).
+        """Switch to the frozen-graph forward pass now (TensorFlow's Keras engine; a no-op
+        elsewhere or twice: ONNX Runtime and OpenVINO fold BatchNorm themselves).
 
         :meth:`transform` does this by itself after :data:`FREEZE_MIN_IMAGES` images.
         """
@@ -522,7 +603,7 @@ class CNNFeatures(Extractor):
         if not self._frozen:
             self._frozen = True
             import keras
-            if keras.backend.backend() == "tensorflow":
+            if keras.backend.backend() == "tensorflow" and self.engine_ == "keras":
                 self.forward_, self.forward_how_ = compile_forward(
                     self.model_, self.input_hw_, self._graph_preprocess(), freeze=True)
                 log.debug("cnn %s: forward pass now %s", self.backbone, self.forward_how_)
@@ -537,9 +618,14 @@ class CNNFeatures(Extractor):
         n = len(images)
         seen = self.__dict__.get("_seen", 0) + n
         self._seen = seen
+        if ENGINE_MIN_IMAGES is not None and seen >= ENGINE_MIN_IMAGES:
+            self.use_engine()
         if FREEZE_MIN_IMAGES is not None and seen >= FREEZE_MIN_IMAGES:
             self.freeze()
         out = np.empty((n, self.n_features_), dtype=np.float32)
+        used = self.__dict__.setdefault("_engines_used", [])
+        if n and self.engine_ not in used:
+            used.append(self.engine_)
         finished = 0
         for start, batch in self._batches(images):
             feats = self._forward_safe(batch)
@@ -554,12 +640,13 @@ class CNNFeatures(Extractor):
 
     # parameters that change the network (others only change how images are fed to it)
     _MODEL_PARAMS = ("backbone", "layer", "pooling", "input_size", "weights", "on_missing_weights",
-                     "precision", "seed")
+                     "precision", "seed", "engine")
 
     # -- pickling: the compiled model stays in its process ---------------------------------
     _RUNTIME = ("model_", "forward_", "forward_how_", "preprocess_", "device_", "n_features_",
                 "input_hw_", "weights_", "_small_lock", "_small_warned", "_max_forward",
-                "_built_params", "_frozen", "_seen")
+                "_built_params", "_frozen", "_seen", "engine_", "engine_choice_", "_choose_args",
+                "_engine_pending", "_engines_used")
 
     def __getstate__(self):
         state = dict(super().__getstate__())

@@ -1,0 +1,355 @@
+"""Inference engines for frozen-CNN embeddings: Keras, ONNX Runtime, OpenVINO.
+
+The ``cnn`` extractor (:mod:`bench.features.deep`) computes the same embeddings with
+any of these; ``engine`` picks which:
+
+* ``keras`` -- the Keras model itself, through bench's compiled call (a ``tf.function``
+  on TensorFlow, a ``jax.jit`` of the BatchNorm-folded stateless call on JAX,
+  :mod:`bench.features.jax_forward`);
+* ``onnxruntime`` -- the exact no-top model *with its pooling and the backbone's
+  preprocessing* (uint8 RGB in, embeddings out) exported once with tf2onnx
+  (opset :data:`OPSET`) and run by ONNX Runtime's CPU provider, intra-op threads =
+  usable cores, all graph optimisations (BatchNorm fused into convolutions, conv +
+  activation fusion, NCHWc layouts);
+* ``openvino`` -- the same ONNX file compiled by OpenVINO for the CPU (f32 inference
+  precision, threads = cores). Optional: ``pip install 'bench[openvino]'``;
+* ``auto`` (default) -- on a CPU with the TensorFlow backend the first installed
+  engine of :data:`AUTO_CPU` (chosen by measurement, docs/BENCHMARKS.md), else
+  ``keras`` (GPUs, other Keras backends, ``precision: mixed``). The extractor starts on
+  Keras and switches after :data:`bench.features.deep.ENGINE_MIN_IMAGES` images (the
+  export costs seconds), or at once when the model's export is cached already.
+
+Exported files are cached under ``<bench cache>/onnx/`` (``cache.dir`` of the run,
+``$BENCH_CACHE_DIR`` or ``~/.cache/bench``), named by a hash of the model's identity
+(backbone, weights provenance -- packaged checkpoint sha256, Keras cache file size and
+mtime, or seed -- input size, layer, pooling, preprocessing, precision, and the Keras,
+TensorFlow and tf2onnx versions and the opset). Before first use each (file, runtime)
+pair is checked: the embeddings of :data:`CHECK_BATCH` deterministic images must equal
+the Keras ones within :data:`CHECK_TOL` (max abs, after pooling). The result is kept
+beside the file (``<key>.check.json``) so later extractors neither re-export nor
+re-check. When the export, the runtime or the check fails, one WARNING says why and
+the extractor uses ``keras``; the engine actually used is what the run's provenance
+(``features.json``: ``describe.engine``) records.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import logging
+import os
+import threading
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+ENGINES = ("auto", "keras", "onnxruntime", "openvino")
+AUTO_CPU = ("onnxruntime",)
+"""Engines ``auto`` tries on a CPU, fastest first. ONNX Runtime measured faster than
+OpenVINO for MobileNetV2, EfficientNet-Lite0 and ResNet50 on the 2-core reference machine
+(``python -m bench perf --only deep``, docs/BENCHMARKS.md); OpenVINO stays selectable."""
+OPSET = 17
+CHECK_TOL = 1e-4
+CHECK_BATCH = 4
+INPUT_NAME = "images"
+
+stats = {"exports": 0, "checks": 0}
+"""Counters of this process (the tests count exports to see the cache work)."""
+
+_lock = threading.Lock()
+_PACKAGES = {"onnxruntime": ("onnxruntime", "onnxruntime"), "openvino": ("openvino", "openvino"),
+             "tf2onnx": ("tf2onnx", "tf2onnx")}
+
+
+class EngineUnavailable(RuntimeError):
+    """An engine cannot run here (missing package, wrong backend); the caller falls back."""
+
+
+@dataclass
+class EngineChoice:
+    """What the extractor runs: ``forward(uint8 NHWC batch) -> float32 (n, d)``."""
+
+    name: str                       # "keras" | "onnxruntime" | "openvino" (the one used)
+    forward: Callable[[np.ndarray], np.ndarray] | None
+    how: str                        # route, for logs and benchmarks
+    requested: str = "auto"
+    onnx_path: str | None = None
+    max_abs_diff: float | None = None
+    fallback: str | None = None     # why keras was used instead of the requested engine
+
+
+# ---------------------------------------------------------------------------------------
+# parameters
+# ---------------------------------------------------------------------------------------
+def check_engine(value, where: str = "feature 'cnn', parameter 'engine'") -> str:
+    """``value`` if it names an engine, else a :class:`ConfigError` saying which exist."""
+    if not isinstance(value, str) or value not in ENGINES:
+        import difflib
+        close = difflib.get_close_matches(str(value), ENGINES, n=1, cutoff=0.6)
+        hint = (f"did you mean {close[0]!r}? " if close else "") + \
+            "auto = ONNX Runtime on a CPU, Keras on a GPU; keras = the Keras model itself"
+        raise ConfigError(f"{where}: engine={value!r} is not one of {', '.join(ENGINES)}", hint)
+    return value
+
+
+def installed(name: str) -> bool:
+    """Whether the Python package behind engine (or exporter) ``name`` can be imported."""
+    module = _PACKAGES.get(name, (name, name))[1]
+    return importlib.util.find_spec(module) is not None
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "absent"
+
+
+def resolve(engine: str, device: str, backend: str, precision: str = "float32") -> tuple[str, str | None]:
+    """``(engine to try, why not the requested one or None)``; no package is imported."""
+    check_engine(engine)
+    if engine == "keras":
+        return "keras", None
+    if engine == "auto":
+        if device != "CPU" or backend != "tensorflow" or precision != "float32":
+            return "keras", None
+        for name in AUTO_CPU:
+            if installed(name) and installed("tf2onnx"):
+                return name, None
+        log.debug("engine auto: none of %s (with tf2onnx) installed; using keras", AUTO_CPU)
+        return "keras", None
+    if backend != "tensorflow":
+        return "keras", (f"engine {engine} exports with tf2onnx, which needs the TensorFlow backend "
+                         f"(KERAS_BACKEND={backend})")
+    if precision != "float32":
+        return "keras", f"engine {engine} runs float32 models only (precision={precision})"
+    for pkg in (engine, "tf2onnx"):
+        if not installed(pkg):
+            extra = "openvino" if pkg == "openvino" else None
+            how = f"pip install 'bench[{extra}]'" if extra else f"pip install {pkg}"
+            return "keras", f"engine {engine} needs the package {pkg}, which is not installed ({how})"
+    return engine, None
+
+
+# ---------------------------------------------------------------------------------------
+# export and its cache
+# ---------------------------------------------------------------------------------------
+def onnx_dir() -> Path:
+    """``<bench cache>/onnx``: exported models and their check results."""
+    from .. import weights
+    return weights.bench_weights_dir().parent / "onnx"
+
+
+def model_key(identity: dict) -> str:
+    """File stem of the exported model of ``identity`` (plus exporter and framework versions)."""
+    full = dict(identity, opset=OPSET, tf2onnx=_version("tf2onnx"), keras=_version("keras"),
+                tensorflow=_version("tensorflow") if _version("tensorflow") != "absent"
+                else _version("tensorflow-cpu"), input="uint8 NHWC RGB")
+    text = json.dumps(full, sort_keys=True, default=str)
+    name = str(identity.get("backbone", "model"))
+    return f"{name}-{hashlib.blake2b(text.encode(), digest_size=10).hexdigest()}"
+
+
+@contextlib.contextmanager
+def _quiet_tf2onnx():
+    logger = logging.getLogger("tf2onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def export_onnx(model, input_hw, preprocess: Callable | None, path: Path) -> Path:
+    """Export ``uint8 batch -> preprocess -> model`` to ``path`` (tf2onnx, opset 17).
+
+    Written under a unique temporary name and renamed into place, so concurrent exports
+    of the same model never leave a partial file.
+    """
+    import tensorflow as tf
+    import tf2onnx
+    spec = tf.TensorSpec((None, int(input_hw[0]), int(input_hw[1]), 3), tf.uint8, name=INPUT_NAME)
+
+    def infer(x):
+        x = tf.cast(x, tf.float32)
+        if preprocess is not None:
+            x = preprocess(x)
+        return model(x, training=False)
+    fn = tf.function(infer, input_signature=[spec], autograph=False)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.onnx")
+    try:
+        with _quiet_tf2onnx():
+            tf2onnx.convert.from_function(fn, input_signature=[spec], opset=OPSET, output_path=str(tmp))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    with _lock:
+        stats["exports"] += 1
+    log.info("exported %s to %s (%.1f MB)", model.name, path, path.stat().st_size / 1e6)
+    return path
+
+
+def is_exported(identity: dict) -> bool:
+    """Whether the export of ``identity`` is in the cache already (no import, no build)."""
+    path = onnx_dir() / f"{model_key(identity)}.onnx"
+    return path.is_file() and path.stat().st_size > 0
+
+
+def ensure_onnx(model, input_hw, preprocess, identity: dict) -> Path:
+    """The cached export of ``identity``, made now when absent."""
+    path = onnx_dir() / f"{model_key(identity)}.onnx"
+    if path.is_file() and path.stat().st_size > 0:
+        log.debug("reusing exported model %s", path)
+        return path
+    return export_onnx(model, input_hw, preprocess, path)
+
+
+# ---------------------------------------------------------------------------------------
+# runtimes
+# ---------------------------------------------------------------------------------------
+def onnxruntime_forward(path: Path, threads: int) -> tuple[Callable[[np.ndarray], np.ndarray], str]:
+    """An ONNX Runtime CPU session of ``path`` as ``fn(uint8 batch) -> float32``."""
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = int(threads)
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # threads that spin between runs steal the core the image loader needs
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+
+    def forward(batch: np.ndarray) -> np.ndarray:
+        out = session.run(None, {name: np.ascontiguousarray(batch, dtype=np.uint8)})[0]
+        return np.asarray(out, dtype=np.float32)
+    return forward, f"onnxruntime {ort.__version__} (CPU, {so.intra_op_num_threads} threads)"
+
+
+def openvino_forward(path: Path, threads: int) -> tuple[Callable[[np.ndarray], np.ndarray], str]:
+    """The ONNX file compiled by OpenVINO for the CPU (f32) as ``fn(uint8 batch) -> float32``."""
+    import openvino as ov
+    core = ov.Core()
+    n = int(threads)
+    compiled = core.compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": n,
+                                                     "INFERENCE_PRECISION_HINT": "f32",
+                                                     "PERFORMANCE_HINT": "LATENCY"})
+    request = compiled.create_infer_request()
+    output = compiled.output(0)
+
+    def forward(batch: np.ndarray) -> np.ndarray:
+        res = request.infer({0: np.ascontiguousarray(batch, dtype=np.uint8)})
+        return np.array(res[output], dtype=np.float32)
+    return forward, f"openvino {ov.__version__.split('-')[0]} (CPU, {n} threads)"
+
+
+RUNTIMES = {"onnxruntime": onnxruntime_forward, "openvino": openvino_forward}
+
+
+# ---------------------------------------------------------------------------------------
+# the equality check
+# ---------------------------------------------------------------------------------------
+def reference_batch(input_hw, n: int = CHECK_BATCH, seed: int = 0) -> np.ndarray:
+    """``n`` deterministic uint8 RGB images: smooth gradients with noise and a flat one."""
+    h, w = int(input_hw[0]), int(input_hw[1])
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    out = np.empty((n, h, w, 3), dtype=np.uint8)
+    for i in range(n):
+        base = np.stack([xx / w, yy / h, (xx + yy) / (h + w)], -1) * 255 * rng.random(3)
+        img = base + rng.normal(0, 30 * (i % 3), (h, w, 3))
+        out[i] = np.clip(img if i < n - 1 or n == 1 else np.full_like(img, 128), 0, 255)
+    return out
+
+
+def _check_file(path: Path) -> Path:
+    return path.with_suffix(".check.json")
+
+
+def _cached_check(path: Path, engine: str) -> dict | None:
+    try:
+        return json.loads(_check_file(path).read_text()).get(f"{engine}=={_version(engine)}")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _store_check(path: Path, engine: str, result: dict) -> None:
+    target = _check_file(path)
+    with _lock:
+        try:
+            data = json.loads(target.read_text())
+        except (OSError, ValueError):
+            data = {}
+        data[f"{engine}=={_version(engine)}"] = result
+        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}")
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+        os.replace(tmp, target)
+
+
+def compare(forward, keras_forward, input_hw) -> float:
+    """Max abs difference of two forward passes on :func:`reference_batch`."""
+    x = reference_batch(input_hw)
+    with _lock:
+        stats["checks"] += 1
+    return float(np.max(np.abs(np.asarray(forward(x)) - np.asarray(keras_forward(x)))))
+
+
+def checked(engine: str, path: Path, forward, keras_forward, input_hw) -> float:
+    """The check of (``path``, ``engine``), run once and remembered beside the file.
+
+    Raises :class:`EngineUnavailable` when the embeddings differ by more than
+    :data:`CHECK_TOL`."""
+    hit = _cached_check(path, engine)
+    if hit is not None and hit.get("ok"):
+        return float(hit["max_abs_diff"])
+    diff = compare(forward, keras_forward, input_hw)
+    ok = bool(np.isfinite(diff) and diff <= CHECK_TOL)
+    _store_check(path, engine, {"max_abs_diff": diff, "ok": ok, "tol": CHECK_TOL,
+                                "n_images": CHECK_BATCH})
+    if not ok:
+        raise EngineUnavailable(f"its embeddings differ from Keras' by {diff:.3g} (max abs) on "
+                                f"{CHECK_BATCH} check images, above the tolerance {CHECK_TOL:g}")
+    return diff
+
+
+# ---------------------------------------------------------------------------------------
+# choosing
+# ---------------------------------------------------------------------------------------
+def choose(engine: str, *, model, input_hw, preprocess, identity: dict, keras_forward,
+           keras_how: str, device: str, backend: str, threads: int, precision: str = "float32",
+           label: str = "cnn") -> EngineChoice:
+    """The engine the extractor runs (``engine`` after resolution, export and check).
+
+    Any failure of a non-Keras engine logs one WARNING and returns the Keras choice.
+    """
+    name, why = resolve(engine, device, backend, precision)
+    keras_choice = EngineChoice("keras", keras_forward, keras_how, requested=engine)
+    if why is not None:
+        log.warning("%s: %s; using keras", label, why)
+        keras_choice.fallback = why
+        return keras_choice
+    if name == "keras":
+        return keras_choice
+    try:
+        path = ensure_onnx(model, input_hw, preprocess, identity)
+        forward, how = RUNTIMES[name](path, threads)
+        diff = checked(name, path, forward, keras_forward, input_hw)
+    except Exception as exc:  # noqa: BLE001 - any failure of the optional engine falls back
+        why = f"engine {name} failed ({type(exc).__name__}: {str(exc)[:300]})"
+        log.warning("%s: %s; using keras", label, why)
+        keras_choice.fallback = why
+        return keras_choice
+    log.info("%s: %s on %s, embeddings within %.2g of Keras (max abs)", label, how, path.name, diff)
+    return EngineChoice(name, forward, how, requested=engine, onnx_path=str(path), max_abs_diff=diff)
