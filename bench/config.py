@@ -299,6 +299,29 @@ def validate(cfg: dict) -> dict:
     if cfg.get("datasets") is not None:
         return _validate_suite(cfg)
     cfg = copy.deepcopy(cfg)
+    _check_top(cfg)
+    _check_components_shape(cfg)
+    for section in SECTIONS[1:]:  # prepare: in _check_components_shape
+        value = cfg[section]
+        if value is None:
+            value = {}
+        if not isinstance(value, dict):
+            raise _type_error(section, value, "a mapping")
+        _check_keys(section, value, DEFAULTS[section].keys())
+        cfg[section] = {**DEFAULTS[section], **value}
+    _check_protocol(cfg["protocol"])
+    _check_parallel(cfg["parallel"])
+    _check_output_report(cfg)
+    cfg["finetune"] = _check_finetune(cfg["finetune"])
+    if cfg["count"] is not None:
+        if not isinstance(cfg["count"], dict):
+            raise _type_error("count", cfg["count"], "null or a mapping")
+        _check_keys("count", cfg["count"], schema.keys("count"))
+    return cfg
+
+
+def _check_top(cfg: dict) -> None:
+    """name, seed, plugins, dataset, and the top-level switches."""
     check_folder_name("name", cfg["name"])
     _check_int("seed", cfg["seed"], 0)
     plugins = cfg["plugins"] or []
@@ -307,12 +330,19 @@ def validate(cfg: dict) -> dict:
     if not isinstance(plugins, list) or not all(isinstance(p, str) for p in plugins):
         raise _type_error("plugins", plugins, "a list of paths to .py files")
     cfg["plugins"] = plugins
-
     ds = cfg["dataset"]
     if not isinstance(ds, dict) or not isinstance(ds.get("kind"), str):
         raise ConfigError("dataset: needs a 'kind'", "e.g. dataset: {kind: folder, path: my_images}; "
                           "see `python -m bench list datasets`")
+    _check_choice("on_missing_weights", cfg["on_missing_weights"])
+    _check_choice("engine", cfg["engine"])
+    if not isinstance(cfg["offline"], bool):
+        raise _type_error("offline", cfg["offline"], "true (never download weights) or false")
+    _check_choice("on_bad_image", cfg["on_bad_image"])
 
+
+def _check_components_shape(cfg: dict) -> None:
+    """prepare, features (each with its own prepare over the top one), classifiers."""
     cfg["prepare"] = _norm_prepare("prepare", cfg["prepare"])
     cfg["features"] = _norm_components("features", cfg["features"], FEATURE_KEYS)
     for i, f in enumerate(cfg["features"]):
@@ -325,16 +355,8 @@ def validate(cfg: dict) -> dict:
         raise ConfigError("features are given but no classifiers",
                           "add e.g. classifiers: [svm, random_forest] (see `python -m bench list classifiers`)")
 
-    for section in SECTIONS[1:]:  # prepare: above
-        value = cfg[section]
-        if value is None:
-            value = {}
-        if not isinstance(value, dict):
-            raise _type_error(section, value, "a mapping")
-        _check_keys(section, value, DEFAULTS[section].keys())
-        cfg[section] = {**DEFAULTS[section], **value}
 
-    p = cfg["protocol"]
+def _check_protocol(p: dict) -> None:
     _check_choice("protocol.kind", p["kind"])
     _check_choice("protocol.group", p["group"])
     _check_choice("protocol.metric", p["metric"])
@@ -346,7 +368,8 @@ def validate(cfg: dict) -> dict:
     if not isinstance(p["leak_check"], bool):
         raise _type_error("protocol.leak_check", p["leak_check"], "true or false")
 
-    par = cfg["parallel"]
+
+def _check_parallel(par: dict) -> None:
     _check_choice("parallel.backend", par["backend"])
     if isinstance(par["n_jobs"], bool) or not isinstance(par["n_jobs"], int) or par["n_jobs"] == 0:
         raise _type_error("parallel.n_jobs", par["n_jobs"], "a non-zero integer (-1 = all cores)")
@@ -354,6 +377,9 @@ def validate(cfg: dict) -> dict:
     if par["address"] is not None and not isinstance(par["address"], str):
         raise _type_error("parallel.address", par["address"], "null or 'tcp://host:port'")
 
+
+def _check_output_report(cfg: dict) -> None:
+    """cache, output and report sections."""
     if not isinstance(cfg["cache"]["enabled"], bool):
         raise _type_error("cache.enabled", cfg["cache"]["enabled"], "true or false")
     out = cfg["output"]
@@ -379,17 +405,15 @@ def validate(cfg: dict) -> dict:
         if rep[k] is not None and not isinstance(rep[k], str):
             raise _type_error(f"report.{k}", rep[k], "text (or leave it out)")
 
-    _check_choice("on_missing_weights", cfg["on_missing_weights"])
-    _check_choice("engine", cfg["engine"])
-    if not isinstance(cfg["offline"], bool):
-        raise _type_error("offline", cfg["offline"], "true (never download weights) or false")
-    _check_choice("on_bad_image", cfg["on_bad_image"])
 
-    ft = cfg["finetune"] or []
+def _check_finetune(ft) -> list:
+    """Each ``finetune:`` entry completed by :func:`bench.finetune.validate_spec`; labels unique."""
+    given = ft
+    ft = ft or []
     if isinstance(ft, dict):
         ft = [ft]
     if not isinstance(ft, list) or not all(isinstance(m, dict) for m in ft):
-        raise _type_error("finetune", cfg["finetune"], "a list of {mode: scratch|transfer|finetune, ...}")
+        raise _type_error("finetune", given, "a list of {mode: scratch|transfer|finetune, ...}")
     labels = set()
     for i, m in enumerate(ft):
         label = m.get("label") or (m.get("backbone", "cnn") + "-" + str(m.get("mode", "transfer")))
@@ -403,12 +427,7 @@ def validate(cfg: dict) -> dict:
         if folds is not None and not (isinstance(folds, list) and folds and all(
                 isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in folds)):
             raise _type_error(f"finetune[{i}].folds", folds, "null (all splits) or a list of split indices")
-    cfg["finetune"] = ft
-    if cfg["count"] is not None:
-        if not isinstance(cfg["count"], dict):
-            raise _type_error("count", cfg["count"], "null or a mapping")
-        _check_keys("count", cfg["count"], schema.keys("count"))
-    return cfg
+    return ft
 
 
 def apply_overrides(cfg: dict, overrides: list[str]) -> bool:
