@@ -40,6 +40,7 @@ import yaml
 
 from . import schema
 from .errors import ConfigError, did_you_mean
+from .records import check_cell_ids
 
 SECTIONS = ("prepare", "protocol", "parallel", "cache", "output", "report")  # mappings of fixed keys
 DEFAULTS: dict[str, Any] = {k: (schema.defaults(k) if k in SECTIONS else copy.deepcopy(v.default))
@@ -400,6 +401,8 @@ def validate(cfg: dict) -> dict:
                 isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in folds)):
             raise _type_error(f"finetune[{i}].folds", folds, "null (all splits) or a list of split indices")
     cfg["finetune"] = ft
+    check_cell_ids([f["label"] for f in cfg["features"]], [c["label"] for c in cfg["classifiers"]],
+                   [m["label"] for m in ft])
     if cfg["count"] is not None:
         if not isinstance(cfg["count"], dict):
             raise _type_error("count", cfg["count"], "null or a mapping")
