@@ -40,6 +40,7 @@ import yaml
 
 from . import schema
 from .errors import ConfigError, did_you_mean
+from .records import check_cell_ids
 
 SECTIONS = ("prepare", "protocol", "parallel", "cache", "output", "report")  # mappings of fixed keys
 DEFAULTS: dict[str, Any] = {k: (schema.defaults(k) if k in SECTIONS else copy.deepcopy(v.default))
@@ -313,6 +314,8 @@ def validate(cfg: dict) -> dict:
     _check_parallel(cfg["parallel"])
     _check_output_report(cfg)
     cfg["finetune"] = _check_finetune(cfg["finetune"])
+    check_cell_ids([f["label"] for f in cfg["features"]], [c["label"] for c in cfg["classifiers"]],
+                   [m["label"] for m in cfg["finetune"]])
     if cfg["count"] is not None:
         if not isinstance(cfg["count"], dict):
             raise _type_error("count", cfg["count"], "null or a mapping")

@@ -221,7 +221,7 @@ def load_or_extract(feature: Feature, dataset, cache, par: dict,
     key = feature.cache_key(dataset)
     label, stage = feature.label, feature.stage
     with cache.lock(key):
-        hit = cache.get(key)
+        hit = cache.get(key, len(dataset), label)
         if hit is not None:
             X, meta = hit
             log.info("feature %s: %d x %s from cache", label, len(X),
@@ -240,8 +240,8 @@ def load_or_extract(feature: Feature, dataset, cache, par: dict,
             del X
             X = cache.commit_stream(key, meta)
         else:
-            if tmp_out is not None and tmp_out.exists():
-                tmp_out.unlink()
+            if tmp_out is not None:
+                cache.discard_stream(key)
             cache.put(key, X, meta)
         log.info("feature %s: %.2f ms/image (%.1f s wall)", label, ms, wall)
         return FeatureMatrix(feature, X, ms, cached=False)
@@ -254,6 +254,8 @@ def extract_features(ctx, needed: Callable[[Feature], bool]) -> None:
     A failing extractor fails its cells (records), not the run."""
     meta = dict(ctx.folder.read_json(FEATURES_META, {}) or {})
     ctx.features_meta = meta
+    ctx.cache.ensure_usable({f.cache_key(ctx.dataset): (f.label, len(ctx.dataset))
+                             for f in ctx.features.values() if needed(f)})
     for feature in list(ctx.features.values()):
         if not needed(feature):
             continue

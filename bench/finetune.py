@@ -81,7 +81,7 @@ import numpy as np
 from . import augment as _augment
 from . import schema
 from .errors import ConfigError, DataError, did_you_mean
-from .imaging import resize, to_gray, to_rgb_u8, to_uint8
+from .imaging import network_input
 
 logger = logging.getLogger(__name__)
 
@@ -284,18 +284,18 @@ def input_channels(spec: dict, modality: str) -> int:
 def prepare_images(dataset, indices, size: int, channels: int, depth_range="minmax") -> np.ndarray:
     """Images as float32 ``(n, size, size, channels)`` in 0..255, ready for the model.
 
-    The rule of the CNN feature extractor (:mod:`bench.features.deep`): to 8 bit with
-    :func:`bench.imaging.to_uint8` (depth: per-image min-max to 1..255 with 0 kept for
-    missing, or a fixed ``[lo, hi]``), gray repeated to RGB for 3 channels (or RGB to
-    gray for 1), then :func:`bench.imaging.resize` (area when shrinking).
+    Each image through :func:`bench.imaging.network_input`, the path of the CNN feature
+    extractor (:mod:`bench.features.deep`) too: to 8 bit (depth: per-image min-max to
+    1..255 with 0 kept for missing, or a fixed ``[lo, hi]``), gray repeated to RGB for 3
+    channels (or RGB to gray for 1), resized (area when shrinking 2x or more, else bilinear).
+    A ``depth`` dataset's float images are always depth maps (``is_depth=True``); elsewhere
+    the automatic rule of :func:`bench.imaging.to_uint8`, as the extractor applies it.
     """
-    is_depth = True if dataset.modality == "depth" else None  # None: same auto rule as deep.py
+    is_depth = True if dataset.modality == "depth" else None
     dr = tuple(depth_range) if isinstance(depth_range, (list, tuple)) else depth_range
     out = np.empty((len(indices), size, size, channels), dtype=np.float32)
     for row, i in enumerate(indices):
-        u8 = to_uint8(np.asarray(dataset.load(i)), dr, is_depth=is_depth)
-        u8 = to_rgb_u8(u8) if channels == 3 else to_gray(u8)
-        out[row] = resize(u8, (size, size)).reshape(size, size, channels)
+        out[row] = network_input(dataset.load(i), (size, size), channels, dr, is_depth=is_depth)
     return out
 
 

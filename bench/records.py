@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 
+from .errors import ConfigError
 from .runfolder import append_record as append  # noqa: F401  (the record I/O lives there)
 from .runfolder import latest_by_cell, load_predictions, save_predictions  # noqa: F401
 from .runfolder import read_records as load  # noqa: F401
@@ -52,6 +53,29 @@ METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 def cell_id(feature: str, classifier: str, split: int, variant: str | None = None) -> str:
     raw = f"{feature}__{classifier}__s{split}" + (f"__{variant}" if variant else "")
     return "".join(c if (c.isalnum() or c in "-_.") else "-" for c in raw)
+
+
+CELL_VARIANTS = (None, "random-split")
+
+
+def check_cell_ids(features, classifiers, end_to_end=()) -> None:
+    """:class:`~bench.errors.ConfigError` naming both labels when two (feature, classifier)
+    rows of a config would share a cell id (:func:`cell_id` maps punctuation to ``-``:
+    ``"x y"`` and ``"x-y"`` are one id), so no row overwrites another's records and
+    predictions. ``end_to_end``: the fine-tuning labels (classifier ``end-to-end``)."""
+    rows = [(f, c) for f in features for c in classifiers] + [(m, "end-to-end") for m in end_to_end]
+    seen: dict = {}
+    for f, c in rows:
+        for split in (0, 1):
+            for variant in CELL_VARIANTS:
+                cid = cell_id(f, c, split, variant)
+                other = seen.setdefault(cid, (f, c, split, variant))
+                if other[:2] != (f, c):
+                    raise ConfigError(
+                        f"rows ({other[0]!r}, {other[1]!r}) and ({f!r}, {c!r}) map to the same cell id "
+                        f"{cid!r}: labels differing only in punctuation or spaces collide",
+                        "give one of the two entries another 'label', e.g. "
+                        "features: [{name: lbp, label: lbp-r1}]")
 
 
 def now() -> str:

@@ -65,9 +65,10 @@ def test_keys_are_content_addressed_and_object_arrays_round_trip(tmp_path):
     obj[0], obj[1] = np.ones((3, 128), np.float32), np.zeros((0, 128), np.float32)
     cache.put("k", obj, {})
     back, meta = cache.get("k")
-    assert meta["kind"] == "object" and back[0].shape == (3, 128) and back[1].shape == (0, 128)
+    assert meta["kind"] == "ragged" and back[0].shape == (3, 128) and back[1].shape == (0, 128)
+    np.testing.assert_array_equal(back[0], obj[0])
     # a damaged entry is a miss, not a crash
-    (tmp_path / "features" / "k.pkl").write_bytes(b"garbage")
+    (tmp_path / "features" / "k.npz").write_bytes(b"garbage")
     assert cache.get("k") is None
     assert FeatureCache(tmp_path, enabled=False).get("k") is None
     assert cache.info()["entries"] == 1 and cache.clear() == 1 and cache.info()["entries"] == 0

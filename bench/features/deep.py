@@ -11,7 +11,8 @@ How an image becomes a network input (the same for every backbone):
    repeated on three channels; float depth goes to 1..255 by the image's own
    min..max, or by a fixed ``depth_range=[lo, hi]`` so heights stay comparable);
 2. resized with OpenCV to ``input_size`` (area when shrinking by 2x or more,
-   bilinear otherwise; aspect ratio is not kept). Images smaller than the backbone's minimum
+   bilinear otherwise; aspect ratio is not kept): steps 1-2 are
+   :func:`bench.imaging.network_input`, which fine-tuning uses too. Images smaller than the backbone's minimum
    input are upscaled like the rest, with one WARNING per extractor;
 3. the backbone's own ``preprocess_input`` (identity for MobileNetV3, EfficientNet
    and ConvNeXt, which normalise inside the model), applied inside the compiled call,
@@ -58,7 +59,7 @@ import numpy as np
 
 from .. import weights as weights_mod
 from ..errors import ConfigError, DataError
-from ..imaging import resize, to_rgb_u8
+from ..imaging import network_input
 from ..registry import FEATURES
 from . import engines
 from .backbones import Backbone, get_backbone
@@ -477,11 +478,7 @@ class CNNFeatures(Extractor):
                             "images must be (h, w) gray/depth or (h, w, 3) RGB arrays")
         if min(arr.shape[:2]) < min_size:
             self._note_small(arr.shape)
-        rgb = to_rgb_u8(arr, depth_range)
-        # area averaging only pays off for large reductions; below 2x it equals bilinear
-        # to the eye and costs ~3x more (0.47 vs 0.17 ms at 256 -> 224 px)
-        mild = rgb.shape[0] < 2 * hw[0] and rgb.shape[1] < 2 * hw[1]
-        return resize(rgb, hw, "linear" if mild else "area")
+        return network_input(arr, hw, 3, depth_range)  # the one image -> network path
 
     def prepare(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """``images`` as the compiled forward pass takes them: ``(n, h, w, 3)`` uint8 RGB,
