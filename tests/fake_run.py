@@ -137,8 +137,9 @@ def make_fake_run(root, *, run_id="fake-run", dataset="fake-textures", n_classes
         for f, (tr, te) in enumerate(skf.split(np.zeros(n), y)):
             splits.append(_Split(len(splits), r, f, np.sort(tr), np.sort(te)))
 
-    report_cfg = {"gallery": 12, "tsne": True, "learning_curves": True, "retrieval": True,
-                  "formats": ["html", "pdf"], **(analysis_cfg or {})}
+    # a generous analysis budget: a busy machine must not cut the parts these tests check
+    report_cfg = {"analysis_budget_s": 600, "gallery": 12, "tsne": True, "learning_curves": True,
+                  "retrieval": True, "formats": ["html", "pdf"], **(analysis_cfg or {})}
     config = {"name": "fake", "seed": seed, "dataset": {"kind": "synthetic", "name": dataset},
               "protocol": {"kind": "kfold", "n_splits": n_splits, "n_repeats": n_repeats},
               "features": [f["label"] for f in features], "classifiers": list(classifiers),
