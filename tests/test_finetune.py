@@ -391,8 +391,8 @@ def test_prepare_images_depth_and_channels():
     assert one.shape == (2, 24, 24, 1) and three.shape == (2, 24, 24, 3)
     assert one.dtype == np.float32 and one.max() <= 255 and one.max() >= 250
     assert np.array_equal(three[..., 0], one[..., 0]) and np.array_equal(three[..., 2], one[..., 0])
-    from bench.imaging import resize, to_rgb_u8
-    ref = resize(to_rgb_u8(ds.load(0), "minmax"), (24, 24))  # the rule of the cnn feature extractor
+    from bench.features.deep import CNNFeatures
+    ref = CNNFeatures(input_size=24)._prepare_one(ds.load(0), (24, 24), "minmax", 8)  # the cnn feature's pixels
     assert np.array_equal(three[0], ref)
     assert F.input_channels({"mode": "scratch"}, "depth") == 1
     assert F.input_channels({"mode": "transfer"}, "gray") == 3
