@@ -93,9 +93,8 @@ class EngineChoice:
 def check_engine(value, where: str = "feature 'cnn', parameter 'engine'") -> str:
     """``value`` if it names an engine, else a :class:`ConfigError` saying which exist."""
     if not isinstance(value, str) or value not in ENGINES:
-        import difflib
-        close = difflib.get_close_matches(str(value), ENGINES, n=1, cutoff=0.6)
-        hint = (f"did you mean {close[0]!r}? " if close else "") + \
+        from ..errors import did_you_mean
+        hint = did_you_mean(value, ENGINES) + \
             "auto = ONNX Runtime on a CPU, Keras on a GPU; keras = the Keras model itself"
         raise ConfigError(f"{where}: engine={value!r} is not one of {', '.join(ENGINES)}", hint)
     return value
