@@ -45,8 +45,9 @@ def methods_line(rd: RunData, summary: pd.DataFrame) -> str:
     ds = rd.dataset
     n = ds.get("n_images") or (len(ds["labels"]) if ds.get("labels") else None)
     data = f"{ds.get('name') or ', '.join(rd.datasets) or 'unknown'}"
-    if ds.get("kind"):
-        data += f" ({ds.get('kind')}" + (f", {ds['modality']}" if ds.get("modality") else "") + ")"
+    what = [str(x) for x in (ds.get("kind"), ds.get("modality")) if x and str(x) != ds.get("name")]
+    if what:
+        data += f" ({', '.join(what)})"
     data += f", {n if n is not None else '?'} images, {len(rd.class_names)} classes"
     main = summary[summary["variant"] == ""] if len(summary) else summary
     classic = main[main["family"] != "cnn"] if len(main) else main

@@ -48,8 +48,7 @@ def _head(wr: _Writer, doc: Document) -> None:
     wr.text(MARGIN, wr.y, sub, fontsize=8.5, color=MUTED, va="top")
     wr.y -= 0.26
     if doc.banner:
-        wr.banner([doc.banner[0], "Why and how to supply the weights: the warning at the top of report.pdf."],
-                  size=7.0)
+        wr.banner(doc.banner, size=6.8)  # in full: which rows, why, how to supply the weights
     for v in doc.verdicts[:3]:
         wr.verdict(v, size=9.0)
     if len(doc.verdicts) > 3:
