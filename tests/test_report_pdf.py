@@ -21,7 +21,7 @@ from fake_run import CNN, make_fake_run  # noqa: E402
 from run_helpers import run_cli  # noqa: E402
 
 from bench import report  # noqa: E402
-from bench.report import labels, summary as SUM  # noqa: E402
+from bench.report import labels  # noqa: E402
 from bench.report.document import build_document  # noqa: E402
 from bench.report.rundata import RunData  # noqa: E402
 

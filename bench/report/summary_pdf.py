@@ -63,9 +63,9 @@ def _tables(wr: _Writer, doc: Document) -> None:
     if t is not None and t.rows:
         title = "Best row of each family"
         t = t.select(SUMMARY_COLUMNS)
-        note = ("Macro-F1: mean ± std over folds, 95% interval below; p vs best row: paired test against the "
-                "best of these rows (corrected resampled t-test over folds); cost: extraction of all images + "
-                "one fit, seconds.")
+        note = ("Macro-F1: mean ± std over folds, 95% interval below; p vs best row: paired test against "
+                "the best of these rows (corrected resampled t-test over folds); cost: extraction of all "
+                "images + one fit, seconds.")
     elif doc.key_table is not None and doc.key_table.rows:
         title, t, note = "Top rows (mean ± std over folds, %)", _plain(doc.key_table.select(TOP_COLUMNS)), ""
     else:
