@@ -220,8 +220,8 @@ def test_stacked_cards_at_400_px(driver, wide_html):
     _viewport(driver, 1280)
     try:
         driver.get(wide_html.resolve().as_uri())
-        assert driver.execute_script("return getComputedStyle(document.querySelector('#t-leaderboard tbody td'))"
-                                     ".display") == "table-cell"
+        assert driver.execute_script("return getComputedStyle(document.querySelector("
+                                     "'#t-leaderboard tbody td')).display") == "table-cell"
     finally:
         driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
 
@@ -236,7 +236,8 @@ def test_printing_the_html_keeps_every_leaderboard_column(driver, wide_html, tmp
     cells = driver.execute_script("""
         var t = document.querySelector('#t-leaderboard');
         return [Array.from(t.tHead.rows[0].cells).map(c => c.textContent.trim()),
-                Array.from(t.tBodies[0].rows).map(r => Array.from(r.cells).map(c => c.textContent.trim()))];""")
+                Array.from(t.tBodies[0].rows).map(
+                    r => Array.from(r.cells).map(c => c.textContent.trim()))];""")
     heads, rows = cells
     assert len(heads) == 13 and len(rows) >= 20   # balanced acc. and trainable params included
     pdf = driver.execute_cdp_cmd("Page.printToPDF", {"preferCSSPageSize": True, "printBackground": True})

@@ -5,13 +5,12 @@ import re
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 from matplotlib.colors import to_hex
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fake_run import CNN, FEATURES, make_fake_run  # noqa: E402
+from fake_run import CNN, make_fake_run  # noqa: E402
 
 from bench import report  # noqa: E402
 from bench.report import labels, plots, tables  # noqa: E402

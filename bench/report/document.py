@@ -231,7 +231,8 @@ def _leaderboard_section(run: _Run) -> Section:
         board.caption = f"Ranked by {ranked}. Scores on the " + _spread_words(run.rd) + " " + board.caption
     s.add("table", board)
     rows = plots.bar_rows(summary)
-    return s.add("figure", _figure("scores", plots.bar_chart(summary, palette=run.palette), _bar_caption(rows)))
+    bars = plots.bar_chart(summary, palette=run.palette)
+    return s.add("figure", _figure("scores", bars, _bar_caption(rows)))
 
 
 def _bar_caption(rows: pd.DataFrame) -> str:
@@ -262,7 +263,8 @@ def _family_sections(run: _Run) -> list[Section]:
     cap = (f"Mean macro-F1 of {len(main)} rows against cost (feature extraction for all images + one fit, "
            "seconds, log scale); vertical lines are 95% intervals; outlined points form the Pareto front: no "
            "other row is both cheaper and better; marker = classifier.")
-    c.add("figure", _figure("cost", plots.cost_plot(run.summary, _n_images(run.rd), palette=run.palette), cap))
+    fig = plots.cost_plot(run.summary, _n_images(run.rd), palette=run.palette)
+    c.add("figure", _figure("cost", fig, cap))
     return [s, c]
 
 
@@ -367,8 +369,8 @@ def _gallery_section(run: _Run) -> Section:
     n_fam = len({p["family"] for it in gal["items"] for p in it.get("predictions", [])})
     return s.add("gallery", {"items": gal["items"], "rows": gal.get("rows", []), "dir": rd.analysis["dir"],
                              "png": png},
-                 f"{len(gal['items'])} test images chosen per class (fixed seed) with the out-of-fold prediction "
-                 f"and confidence of the best row of each of {n_fam} families; mistakes in red.")
+                 f"{len(gal['items'])} test images chosen per class (fixed seed) with the out-of-fold "
+                 f"prediction and confidence of the best row of each of {n_fam} families; mistakes in red.")
 
 
 def _retrieval_section(run: _Run) -> Section:

@@ -135,6 +135,7 @@ def present_families(values) -> list[str]:
     return [f for f in FAMILY_ORDER if f in fams] + [f for f in fams if f not in FAMILY_ORDER]
 
 
-__all__ = ["FAMILY_TITLES", "FAMILY_COLORS", "OTHER_COLOR", "RANDOM_TAG", "Palette", "css_token", "family_title",
+__all__ = ["FAMILY_TITLES", "FAMILY_COLORS", "OTHER_COLOR", "RANDOM_TAG", "Palette", "css_token",
+           "family_title",
            "feature_name", "row_name", "name_of", "model_of", "variant_words", "weights_words",
            "present_families", "is_random_init"]

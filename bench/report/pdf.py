@@ -36,7 +36,7 @@ from matplotlib.patches import Circle, FancyBboxPatch, Rectangle
 
 from .. import __version__
 from . import sections
-from .document import Document, FigureBlock
+from .document import Document
 from .tables import Table
 
 W, H = 11.69, 8.27          # A4 landscape, inches
@@ -150,7 +150,8 @@ class _Writer:
         FigureCanvasAgg(fig)
         self.fig, self.y = fig, self.top
         head_w = self.content_w * 0.62
-        self.text(MARGIN, self.h - 0.38, self.doc.title, fontsize=_fit_size(self.doc.title, head_w, 8), color=MUTED)
+        self.text(MARGIN, self.h - 0.38, self.doc.title, fontsize=_fit_size(self.doc.title, head_w, 8),
+                  color=MUTED)
         self.text(self.w - MARGIN, self.h - 0.38, self.section, color=MUTED, ha="right",
                   fontsize=_fit_size(self.section, self.content_w - head_w - 0.2, 8))
         fig.add_artist(Rectangle((MARGIN / self.w, (self.h - 0.48) / self.h), self.content_w / self.w,
@@ -237,7 +238,8 @@ class _Writer:
         lh = size * 1.4 / 72
         h = len(wrapped) * lh + 0.18
         self.need(h + 0.1)
-        self.box(MARGIN, self.y - h, self.content_w, h, facecolor="#fff6e8", edgecolor="#e8c48f", linewidth=0.6)
+        self.box(MARGIN, self.y - h, self.content_w, h, facecolor="#fff6e8", edgecolor="#e8c48f",
+                 linewidth=0.6)
         self.bar(MARGIN, self.y - h, 0.07, h, CELL_COLORS["warn"])
         yy = self.y - 0.09
         for ln, first in wrapped:
@@ -253,8 +255,8 @@ class _Writer:
             self.need(lh * len(lines))
             if i == 0:
                 self.log.append((self.page, "facts", str(k)))
-            self.text(MARGIN, self.y, str(k), fontsize=_fit_size(str(k), key_w - 0.1, size, True), color=MUTED,
-                      fontweight="bold", va="top")
+            self.text(MARGIN, self.y, str(k), fontsize=_fit_size(str(k), key_w - 0.1, size, True),
+                      color=MUTED, fontweight="bold", va="top")
             for ln in lines:
                 self.text(MARGIN + key_w, self.y, ln, fontsize=size, va="top")
                 self.y -= lh
@@ -312,12 +314,9 @@ def column_widths(t: Table, total: float, size: float) -> list[float] | None:
     for j, c in enumerate(t.columns):
         dot = 0.12 if any("fam-" in r[j].cls for r in t.rows) else 0.0
         cells = [r[j] for r in t.rows]
-        if j in t.numeric:
-            full = max([text_width(x.text, size) for x in cells] + [text_width(x.sub, size - 1) for x in cells])
-            words = full
-        else:
-            full = max([text_width(x.text, size) for x in cells] + [text_width(x.sub, size - 1) for x in cells])
-            words = max([_longest_word(x.text, size) for x in cells] + [_longest_word(x.sub, size - 1) for x in cells])
+        full = max([text_width(x.text, size) for x in cells] + [text_width(x.sub, size - 1) for x in cells])
+        words = full if j in t.numeric else max(
+            [_longest_word(x.text, size) for x in cells] + [_longest_word(x.sub, size - 1) for x in cells])
         head_full, head_word = text_width(str(c), size, True), _longest_word(str(c), size, True)
         lo.append(max(words, head_word, 0.25) + 2 * PAD + dot)
         hi.append(max(full, head_full, 0.25) + 2 * PAD + dot)
@@ -369,7 +368,8 @@ def draw_table(wr: _Writer, t: Table, size: float = 7.0, width: float | None = N
             x = xs[j + 1] - PAD if right else xs[j] + PAD
             yy = wr.y - head_h + PAD + (len(lines) - 1) * lh  # bottom-aligned, like the HTML
             for ln in lines:
-                wr.text(x, yy, ln, fontsize=size, fontweight="bold", va="bottom", ha="right" if right else "left")
+                wr.text(x, yy, ln, fontsize=size, fontweight="bold", va="bottom",
+                        ha="right" if right else "left")
                 yy -= lh
         wr.y -= head_h
 

@@ -22,7 +22,8 @@ from matplotlib.patches import Patch
 
 from ..aggregate import is_random_init
 from ..stats import cd_cliques
-from .labels import (_PALETTE, FAMILY_COLORS, FAMILY_TITLES, OTHER_COLOR, Palette, feature_name, name_of,
+from .labels import (_PALETTE, FAMILY_COLORS,  # noqa: F401  (_PALETTE: used by .counting)
+                      FAMILY_TITLES, OTHER_COLOR, Palette, feature_name, name_of,
                      present_families, row_name, variant_words)
 from .tables import cost_seconds_row, pareto_mask
 
@@ -158,7 +159,8 @@ def _bar_legend(df: pd.DataFrame, pal: Palette) -> list:
         else:
             handles.append(Patch(facecolor=pal.family(f), label=FAMILY_TITLES.get(f, f)))
     if any(is_random_init(w) for w in df["weights"]):
-        handles.append(Patch(facecolor="white", edgecolor="#333333", hatch="///", label="random-init weights"))
+        handles.append(Patch(facecolor="white", edgecolor="#333333", hatch="///",
+                             label="random-init weights"))
     for v in dict.fromkeys(v for v in df["variant"] if v):
         handles.append(Patch(facecolor="#bbbbbb", edgecolor="#333333", hatch="...", alpha=0.6,
                              label=_wrap(f"{v}: {variant_words(v)}", 48)))
@@ -244,7 +246,8 @@ def confusion_figure(cm: np.ndarray, class_names: list[str], title: str) -> Figu
     return confusion_grid([(title, cm)], class_names)
 
 
-def confusion_grid(panels: list[tuple[str, np.ndarray]], class_names: list[str], colorbar: bool = True) -> Figure:
+def confusion_grid(panels: list[tuple[str, np.ndarray]], class_names: list[str],
+                   colorbar: bool = True) -> Figure:
     """Confusion matrices side by side (up to 3 per line), one shared colour bar."""
     n = len(class_names)
     k = len(panels)
@@ -252,7 +255,8 @@ def confusion_grid(panels: list[tuple[str, np.ndarray]], class_names: list[str],
     nrow = math.ceil(k / ncol)
     side = min(4.2, 1.6 + 0.3 * n)
     with mpl.rc_context(RC):
-        fig = _fig(side * ncol + (1.6 if colorbar else 0.4), (side + (0.9 if any(t for t, _ in panels) else 0.5)) * nrow)
+        titled = any(t for t, _ in panels)
+        fig = _fig(side * ncol + (1.6 if colorbar else 0.4), (side + (0.9 if titled else 0.5)) * nrow)
         axes = fig.subplots(nrow, ncol, squeeze=False)
         im = None
         for i, ax in enumerate(axes.ravel()):
@@ -370,7 +374,8 @@ def learning_curve_figure(lc: pd.DataFrame, metric: str = "macro_f1",
     return fig
 
 
-def finetune_figure(curves: pd.DataFrame, names: dict | None = None, palette: Palette | None = None) -> Figure:
+def finetune_figure(curves: pd.DataFrame, names: dict | None = None,
+                    palette: Palette | None = None) -> Figure:
     """Training and validation loss / accuracy per epoch of each end-to-end model.
 
     ``names``: model folder -> display name (with its weights tag); colours are the
@@ -472,7 +477,8 @@ def family_key(rows: list[dict]) -> str:
     for r in rows:
         fam = r.get("family")
         what = f"{r.get('label', '')} + {r.get('classifier', '')}" if r.get("label") else ""
-        parts.append(f"{FAMILY_KEYS.get(fam, fam)} = {FAMILY_TITLES.get(fam, fam)}" + (f": {what}" if what else ""))
+        key = f"{FAMILY_KEYS.get(fam, fam)} = {FAMILY_TITLES.get(fam, fam)}"
+        parts.append(key + (f": {what}" if what else ""))
     return "; ".join(parts)
 
 
@@ -502,7 +508,8 @@ def gallery_figure(items: list[dict], thumbs_dir, ncol: int = 6, rows: list[dict
                     colors.append("#777777")
                     continue
                 conf = f" {100 * p['confidence']:.0f}%" if p.get("confidence") is not None else ""
-                lines.append(f"{FAMILY_KEYS.get(p['family'], p['family'])}: {_short(p['pred_name'], 16)}{conf}")
+                key = FAMILY_KEYS.get(p["family"], p["family"])
+                lines.append(f"{key}: {_short(p['pred_name'], 16)}{conf}")
                 colors.append(OK_COLOR if p.get("correct") else MISTAKE_COLOR)
             for j, (ln, c) in enumerate(zip(lines, colors)):
                 ax.text(0.5, -0.05 - 0.13 * j, ln, transform=ax.transAxes, ha="center", va="top",

@@ -27,6 +27,11 @@ def _list(values, n: int = 8) -> str:
     return ", ".join(values) or "none"
 
 
+def _names(rows: pd.DataFrame) -> list[str]:
+    """Display names of the features of ``rows`` (weights tag included)."""
+    return [feature_name(f, w) for f, w in zip(rows["feature"], rows["weights"])]
+
+
 def _protocol_words(rd: RunData) -> str:
     sp = rd.splits or {}
     if T.is_predefined(rd):
@@ -45,18 +50,19 @@ def methods_line(rd: RunData, summary: pd.DataFrame) -> str:
     ds = rd.dataset
     n = ds.get("n_images") or (len(ds["labels"]) if ds.get("labels") else None)
     data = f"{ds.get('name') or ', '.join(rd.datasets) or 'unknown'}"
-    if ds.get("kind"):
-        data += f" ({ds.get('kind')}" + (f", {ds['modality']}" if ds.get("modality") else "") + ")"
+    what = [str(x) for x in (ds.get("kind"), ds.get("modality")) if x and str(x) != ds.get("name")]
+    if what:
+        data += f" ({', '.join(what)})"
     data += f", {n if n is not None else '?'} images, {len(rd.class_names)} classes"
     main = summary[summary["variant"] == ""] if len(summary) else summary
     classic = main[main["family"] != "cnn"] if len(main) else main
     e2e = main[main["family"] == "cnn"] if len(main) else main
     parts = [f"Data: {data}."]
     if len(classic):
-        parts.append(f"Features: {_list(feature_name(f, w) for f, w in zip(classic['feature'], classic['weights']))}.")
+        parts.append(f"Features: {_list(_names(classic))}.")
         parts.append(f"Classifiers: {_list(classic['classifier'])}.")
     if len(e2e):
-        parts.append(f"End-to-end CNNs: {_list(feature_name(f, w) for f, w in zip(e2e['feature'], e2e['weights']))}.")
+        parts.append(f"End-to-end CNNs: {_list(_names(e2e))}.")
     seed = rd.env.get("seed", rd.config.get("seed", "?"))
     parts.append(f"Protocol: {_protocol_words(rd)}, seed {seed}; macro-F1 mean ± std over folds with a "
                  "Student-t 95% interval; rows compared by the corrected resampled t-test on the same "
@@ -75,7 +81,7 @@ def _weights_caveat(rd: RunData, summary: pd.DataFrame) -> str:
             if isinstance(d, dict) and d.get("backbone"):
                 backbones.append(str(d["backbone"]))
     kinds = []
-    rnd = sorted({feature_name(f, w) for f, w in zip(learned["feature"], learned["weights"]) if is_random_init(w)})
+    rnd = sorted(set(_names(learned[learned["weights"].map(is_random_init)])))
     if any(isinstance(w, str) and w.lower().startswith("imagenet") for w in learned["weights"]):
         kinds.append("ImageNet" + (f" ({_list(backbones, 3)})" if backbones else ""))
     if rnd:

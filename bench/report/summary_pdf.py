@@ -48,8 +48,7 @@ def _head(wr: _Writer, doc: Document) -> None:
     wr.text(MARGIN, wr.y, sub, fontsize=8.5, color=MUTED, va="top")
     wr.y -= 0.26
     if doc.banner:
-        wr.banner([doc.banner[0], "Why and how to supply the weights: the warning at the top of report.pdf."],
-                  size=7.0)
+        wr.banner(doc.banner, size=6.8)  # in full: which rows, why, how to supply the weights
     for v in doc.verdicts[:3]:
         wr.verdict(v, size=9.0)
     if len(doc.verdicts) > 3:
@@ -64,9 +63,9 @@ def _tables(wr: _Writer, doc: Document) -> None:
     if t is not None and t.rows:
         title = "Best row of each family"
         t = t.select(SUMMARY_COLUMNS)
-        note = ("Macro-F1: mean ± std over folds, 95% interval below; p vs best row: paired test against the "
-                "best of these rows (corrected resampled t-test over folds); cost: extraction of all images + "
-                "one fit, seconds.")
+        note = ("Macro-F1: mean ± std over folds, 95% interval below; p vs best row: paired test against "
+                "the best of these rows (corrected resampled t-test over folds); cost: extraction of all "
+                "images + one fit, seconds.")
     elif doc.key_table is not None and doc.key_table.rows:
         title, t, note = "Top rows (mean ± std over folds, %)", _plain(doc.key_table.select(TOP_COLUMNS)), ""
     else:

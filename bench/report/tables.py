@@ -204,8 +204,8 @@ def weights_table(rd: RunData) -> Table:
         seen.add(r["feature"])
         rows.append(_weights_row(r["feature"], "cnn", r["weights"] or "n/a", None, None, None,
                                  params=r["n_features"]))
-    return Table("weights", ["Feature", "Family", "Weights", "Weights file", "Feature dim", "Trainable params",
-                             "ms / image"], rows, numeric={4, 5, 6},
+    cols = ["Feature", "Family", "Weights", "Weights file", "Feature dim", "Trainable params", "ms / image"]
+    return Table("weights", cols, rows, numeric={4, 5, 6},
                  caption="Weights provenance of every learned backbone: frozen-CNN features and end-to-end "
                          "models (scratch models start from random weights by design).")
 
@@ -406,7 +406,8 @@ def family_table(summary: pd.DataFrame, dataset: str | None = None, rd: RunData 
                  Cell(delta, _sortval(float(delta)) if delta else None)]
         if rd is not None:
             cells.append(_p_vs_best(rd, r, top, fam in best))
-        cells.append(Cell(_num(cost_seconds_row(r, n_images), ".1f"), _sortval(cost_seconds_row(r, n_images))))
+        cost = cost_seconds_row(r, n_images)
+        cells.append(Cell(_num(cost, ".1f"), _sortval(cost)))
         rows.append(cells)
     cols = ["Family", "Best row", "Macro-F1 %", "Accuracy %", "Δ macro-F1 vs hand-crafted (points)"] + \
         (["p vs best row"] if rd is not None else []) + ["Cost s"]
