@@ -162,6 +162,18 @@ def validate_spec(spec: dict, where: str = "finetune") -> dict:
             raise ConfigError(f"{where}.backbone: required for mode {mode!r}",
                               "e.g. backbone: mobilenetv2 (see `python -m bench list backbones`)")
         out.setdefault("label", f"{out['backbone']}-{mode}")
+    _check_common(out, where)
+    if mode == "scratch":
+        _check_scratch(out, where)
+    else:
+        _check_pretrained(out, where)
+    if mode == "finetune":
+        _check_finetune(out, where)
+    return out
+
+
+def _check_common(out: dict, where: str) -> None:
+    """The fields every mode has (numbers, class weights, depth range, augmentation)."""
     if not isinstance(out["label"], str) or not out["label"]:
         raise ConfigError(f"{where}.label: expected a non-empty string, got {out['label']!r}")
     _check_number(out, "input_size", where, kind=int, lo=8)
@@ -185,38 +197,46 @@ def validate_spec(spec: dict, where: str = "finetune") -> dict:
     if out["tta"] > 1 and _augment.is_identity(aug):
         raise ConfigError(f"{where}.tta: {out['tta']} augmented copies need augmentation",
                           "set augment (e.g. augment: light) or tta: 0")
-    if mode == "scratch":
-        f = out["filters"]
-        if not (isinstance(f, (list, tuple)) and f and all(isinstance(v, int) and not isinstance(v, bool)
-                                                           and v > 0 for v in f)):
-            raise ConfigError(f"{where}.filters: expected a non-empty list of positive integers, got {f!r}",
-                              "e.g. filters: [16, 32, 64]")
-        out["filters"] = list(f)
-        if out["input_size"] < 2 ** len(f):
-            raise ConfigError(f"{where}.input_size: {out['input_size']} is too small for "
-                              f"{len(f)} pooling blocks", f"use at least {2 ** len(f)}")
+
+
+def _check_scratch(out: dict, where: str) -> None:
+    """``filters`` and the input size they need (mode ``scratch``)."""
+    f = out["filters"]
+    if not (isinstance(f, (list, tuple)) and f and all(isinstance(v, int) and not isinstance(v, bool)
+                                                       and v > 0 for v in f)):
+        raise ConfigError(f"{where}.filters: expected a non-empty list of positive integers, got {f!r}",
+                          "e.g. filters: [16, 32, 64]")
+    out["filters"] = list(f)
+    if out["input_size"] < 2 ** len(f):
+        raise ConfigError(f"{where}.input_size: {out['input_size']} is too small for "
+                          f"{len(f)} pooling blocks", f"use at least {2 ** len(f)}")
+
+
+def _check_pretrained(out: dict, where: str) -> None:
+    """The backbone's size limit and ``weights`` (modes ``transfer`` and ``finetune``)."""
+    info = backbone_info(out["backbone"], where)
+    if out["input_size"] < info.min_size:
+        raise ConfigError(f"{where}.input_size: {out['input_size']} is below the minimum "
+                          f"{info.min_size} of {out['backbone']}", f"use input_size >= {info.min_size}")
+    if out["weights"] is None:
+        out["weights"] = "random"
+    w = out["weights"]
+    if not isinstance(w, str) or not w:
+        raise ConfigError(f"{where}.weights: expected 'imagenet', 'random' or a file path, got {w!r}")
+
+
+def _check_finetune(out: dict, where: str) -> None:
+    """The second phase's epochs, what to unfreeze and its learning rate (mode ``finetune``)."""
+    _check_number(out, "finetune_epochs", where, kind=int, lo=1)
+    if "unfreeze_blocks" in out and "unfreeze_layers" in out:
+        raise ConfigError(f"{where}: give unfreeze_blocks or unfreeze_layers, not both")
+    if "unfreeze_layers" not in out:
+        out.setdefault("unfreeze_blocks", schema.SCHEMA["finetune.finetune"]["unfreeze_blocks"].default)
+        _check_number(out, "unfreeze_blocks", where, kind=int, lo=1)
     else:
-        info = backbone_info(out["backbone"], where)
-        if out["input_size"] < info.min_size:
-            raise ConfigError(f"{where}.input_size: {out['input_size']} is below the minimum "
-                              f"{info.min_size} of {out['backbone']}", f"use input_size >= {info.min_size}")
-        if out["weights"] is None:
-            out["weights"] = "random"
-        w = out["weights"]
-        if not isinstance(w, str) or not w:
-            raise ConfigError(f"{where}.weights: expected 'imagenet', 'random' or a file path, got {w!r}")
-    if mode == "finetune":
-        _check_number(out, "finetune_epochs", where, kind=int, lo=1)
-        if "unfreeze_blocks" in out and "unfreeze_layers" in out:
-            raise ConfigError(f"{where}: give unfreeze_blocks or unfreeze_layers, not both")
-        if "unfreeze_layers" not in out:
-            out.setdefault("unfreeze_blocks", schema.SCHEMA["finetune.finetune"]["unfreeze_blocks"].default)
-            _check_number(out, "unfreeze_blocks", where, kind=int, lo=1)
-        else:
-            _check_number(out, "unfreeze_layers", where, kind=int, lo=1)
-        out.setdefault("finetune_lr", out["lr"] / 10.0)
-        _check_number(out, "finetune_lr", where, lo=0, lo_open=True, hi=10)
-    return out
+        _check_number(out, "unfreeze_layers", where, kind=int, lo=1)
+    out.setdefault("finetune_lr", out["lr"] / 10.0)
+    _check_number(out, "finetune_lr", where, lo=0, lo_open=True, hi=10)
 
 
 # ----------------------------------------------------------------------------------
@@ -619,11 +639,42 @@ def run_cell(spec: dict, dataset, train_idx, test_idx, split: int, work_dir: Pat
     validation part carved from ``train_idx``; the model is then fitted on all of
     ``train_idx``. Failures raise; the engine records the cell as failed.
     """
-    import keras
-
     label = spec.get("label") if isinstance(spec, dict) else None
     where = f"finetune[{label}]" if isinstance(label, str) else "finetune"
     spec = validate_spec(spec, where)
+    train_idx, test_idx, val_idx = _check_split(dataset, train_idx, test_idx, val_idx, split,
+                                                on_missing_weights)
+    resolved = None if spec["mode"] == "scratch" else resolve_weights(  # before any work
+        backbone_info(spec["backbone"], where), spec["weights"], spec["input_size"], on_missing_weights, seed)
+    weights_label = resolved.label if resolved is not None else "n/a"
+    work_dir = Path(work_dir)
+    fingerprint = _fingerprint(spec, dataset, train_idx, test_idx, split, seed,
+                               resolved.identity if resolved is not None else "n/a", val_idx)
+    cached = _reuse_or_reset(work_dir, fingerprint, test_idx, spec["label"], split)
+    if cached is not None:
+        return cached
+    val_given = val_idx is not None
+    fitted = _train(spec, dataset, train_idx, val_idx, seed, resolved, work_dir, where,
+                    {"label": spec["label"], "split": int(split)}, progress)
+    model, epochs_run, fit_s, fit_idx, val_idx = fitted
+    common = {"fit_s": fit_s, "n_train": int(len(train_idx)), "n_test": int(len(test_idx)),
+              "n_features": trainable_params(model), "weights": weights_label,
+              "test_index": test_idx, "epochs_run": int(epochs_run)}
+    rows = _predict_rows(spec, model, dataset, test_idx, seed, where, common)
+    size, channels = int(spec["input_size"]), input_channels(spec, dataset.modality)
+    _write_done(work_dir, rows, {"fingerprint": fingerprint, "version": VERSION, "spec": spec,
+                                 "split": int(split), "seed": int(seed),
+                                 "n_fit": int(len(fit_idx)), "n_val": int(len(val_idx)),
+                                 "validation": "the dataset's val split" if val_given
+                                 else f"carved from the training split ({spec['val_fraction']})",
+                                 "input_shape": [size, size, channels]})
+    logger.info("%s split %d: accuracy %.3f after %d epochs (%.1f s, weights %s)", spec["label"], split,
+                rows[0]["accuracy"], epochs_run, fit_s, weights_label)
+    return rows
+
+
+def _check_split(dataset, train_idx, test_idx, val_idx, split: int, on_missing_weights: str):
+    """The split's index arrays, checked (no overlap); ``val_idx`` is ``None`` unless given."""
     if on_missing_weights not in ("random", "error"):
         raise ConfigError(f"on_missing_weights: {on_missing_weights!r} is not one of random, error",
                           did_you_mean(on_missing_weights, ["random", "error"]) + "allowed: random, error")
@@ -633,41 +684,41 @@ def run_cell(spec: dict, dataset, train_idx, test_idx, split: int, work_dir: Pat
     test_idx = np.asarray(test_idx, dtype=np.int64)
     if np.intersect1d(train_idx, test_idx).size:
         raise DataError(f"split {split}: training and test folds share images")
-    mode = spec["mode"]
-    if mode == "scratch":
-        resolved, weights_label = None, "n/a"
-    else:  # before any work: a missing file with on_missing_weights=error stops here
-        resolved = resolve_weights(backbone_info(spec["backbone"], where), spec["weights"],
-                                   spec["input_size"], on_missing_weights, seed)
-        weights_label = resolved.label
-    work_dir = Path(work_dir)
-    val_given = val_idx is not None and len(val_idx) > 0
-    if val_given:
-        val_idx = np.asarray(val_idx, dtype=np.int64)
-        if np.intersect1d(val_idx, test_idx).size or np.intersect1d(val_idx, train_idx).size:
-            raise DataError(f"split {split}: the validation images overlap the training or test images")
-    fingerprint = _fingerprint(spec, dataset, train_idx, test_idx, split, seed,
-                               resolved.identity if resolved is not None else "n/a",
-                               val_idx if val_given else None)
+    if val_idx is None or len(val_idx) == 0:
+        return train_idx, test_idx, None
+    val_idx = np.asarray(val_idx, dtype=np.int64)
+    if np.intersect1d(val_idx, test_idx).size or np.intersect1d(val_idx, train_idx).size:
+        raise DataError(f"split {split}: the validation images overlap the training or test images")
+    return train_idx, test_idx, val_idx
+
+
+def _reuse_or_reset(work_dir: Path, fingerprint: str, test_idx, label: str, split: int):
+    """The rows of a finished split with this fingerprint, else ``None`` with ``work_dir``
+    emptied (an incomplete or foreign one is removed)."""
     if (work_dir / "done.json").exists():
         cached = _load_done(work_dir, fingerprint, test_idx)
         if cached is not None:
-            logger.info("%s split %d: finished earlier, reusing %s", spec["label"], split, work_dir)
+            logger.info("%s split %d: finished earlier, reusing %s", label, split, work_dir)
             return cached
-        logger.info("%s split %d: %s belongs to another configuration, redoing it",
-                    spec["label"], split, work_dir)
+        logger.info("%s split %d: %s belongs to another configuration, redoing it", label, split, work_dir)
     if work_dir.exists():
-        logger.info("%s split %d: removing the incomplete %s", spec["label"], split, work_dir)
+        logger.info("%s split %d: removing the incomplete %s", label, split, work_dir)
         shutil.rmtree(work_dir)
     work_dir.mkdir(parents=True)
+    return None
 
-    labels = np.asarray(dataset.labels)
-    n_classes = int(dataset.n_classes)
+
+def _train(spec: dict, dataset, train_idx, val_idx, seed: int, resolved, work_dir: Path, where: str,
+           context: dict, progress):
+    """Build and fit the model (transfer, then fine-tuning when asked, kept only if it
+    improves the validation loss); returns ``(model, epochs_run, fit_s, fit_idx, val_idx)``."""
+    import keras
+
+    labels, n_classes = np.asarray(dataset.labels), int(dataset.n_classes)
     size, channels = int(spec["input_size"]), input_channels(spec, dataset.modality)
-
     keras.utils.clear_session()
     keras.utils.set_random_seed(int(seed))
-    if val_given:  # the dataset's own validation split: fit on the whole training split
+    if val_idx is not None:  # the dataset's own validation split: fit on the whole training split
         fit_idx = train_idx
     else:
         fit_idx, val_idx = carve_validation(train_idx, labels, spec["val_fraction"], seed,
@@ -679,7 +730,6 @@ def run_cell(spec: dict, dataset, train_idx, test_idx, split: int, work_dir: Pat
     sw = None
     if spec["class_weight"] == "balanced":
         sw = class_weights(labels[fit_idx], n_classes)[labels[fit_idx]].astype(np.float32)
-
     augmenter = make_augmenter(spec["augment"], dataset.modality, seed, f"{where}.augment")
     model = build_model(spec, n_classes, (size, size, channels), augmenter=augmenter,
                         weights=resolved if resolved is not None and resolved.path else None)
@@ -688,17 +738,15 @@ def run_cell(spec: dict, dataset, train_idx, test_idx, split: int, work_dir: Pat
         recalibrate_batchnorm(model, x_fit[calib], spec["batch_size"])
     data = _batches_class()(x_fit, y_fit, sw, spec["batch_size"], spec["mixup"], seed)
     curves = work_dir / "curves.csv"
-    context = {"label": spec["label"], "split": int(split)}
     t0 = time.perf_counter()
-    run, best = _fit_phase(model, data, (x_val, y_val), lr=spec["lr"], epochs=spec["epochs"],
-                           initial_epoch=0, patience=spec["patience"],
-                           phase="scratch" if mode == "scratch" else "transfer", curves_path=curves,
-                           progress=progress, context={**context, "max_epochs": spec["epochs"]})
-    epochs_run = run
-    if mode == "finetune":
+    epochs_run, best = _fit_phase(model, data, (x_val, y_val), lr=spec["lr"], epochs=spec["epochs"],
+                                  initial_epoch=0, patience=spec["patience"],
+                                  phase="scratch" if spec["mode"] == "scratch" else "transfer",
+                                  curves_path=curves, progress=progress,
+                                  context={**context, "max_epochs": spec["epochs"]})
+    if spec["mode"] == "finetune":
         before = model.get_weights()
-        backbone = find_backbone(model)
-        n_unfrozen = unfreeze(backbone, spec.get("unfreeze_blocks"), spec.get("unfreeze_layers"))
+        n_unfrozen = unfreeze(find_backbone(model), spec.get("unfreeze_blocks"), spec.get("unfreeze_layers"))
         logger.debug("%s: unfroze %d backbone layers", spec["label"], n_unfrozen)
         run2, best2 = _fit_phase(model, data, (x_val, y_val), lr=spec["finetune_lr"],
                                  epochs=spec["finetune_epochs"], initial_epoch=epochs_run,
@@ -709,16 +757,17 @@ def run_cell(spec: dict, dataset, train_idx, test_idx, split: int, work_dir: Pat
         if not best2 < best:  # fine-tuning did not beat the transfer model on validation
             model.set_weights(before)
             logger.info("%s split %d: fine-tuning did not improve val_loss (%.4f >= %.4f); "
-                        "keeping the transfer model", spec["label"], split, best2, best)
+                        "keeping the transfer model", spec["label"], context["split"], best2, best)
     fit_s = time.perf_counter() - t0
     model.save_weights(str(work_dir / "best.weights.h5"))
-    del data, x_fit, x_val
+    return model, epochs_run, fit_s, fit_idx, val_idx
 
+
+def _predict_rows(spec: dict, model, dataset, test_idx, seed: int, where: str, common: dict) -> list[dict]:
+    """The test fold's rows: plain prediction, and with test-time augmentation when ``tta > 1``."""
+    size, channels = int(spec["input_size"]), input_channels(spec, dataset.modality)
     x_test = prepare_images(dataset, test_idx, size, channels, spec["depth_range"])
-    y_test = labels[test_idx]
-    common = {"fit_s": fit_s, "n_train": int(len(train_idx)), "n_test": int(len(test_idx)),
-              "n_features": trainable_params(model), "weights": weights_label,
-              "test_index": test_idx, "epochs_run": int(epochs_run)}
+    y_test = np.asarray(dataset.labels)[test_idx]
     predict_proba(model, x_test[:spec["batch_size"]], spec["batch_size"])  # warm-up, not timed
     t0 = time.perf_counter()
     proba = predict_proba(model, x_test, spec["batch_size"])
@@ -731,12 +780,4 @@ def run_cell(spec: dict, dataset, train_idx, test_idx, split: int, work_dir: Pat
         p = predict_tta(model, x_test, tta_aug, n_tta, spec["batch_size"])
         rows.append({"classifier": f"end-to-end+tta{n_tta}", **_metrics(y_test, p.argmax(1)),
                      "predict_s": time.perf_counter() - t0, "y_pred": p.argmax(1), "proba": p, **common})
-    _write_done(work_dir, rows, {"fingerprint": fingerprint, "version": VERSION, "spec": spec,
-                                 "split": int(split), "seed": int(seed),
-                                 "n_fit": int(len(fit_idx)), "n_val": int(len(val_idx)),
-                                 "validation": "the dataset's val split" if val_given
-                                 else f"carved from the training split ({spec['val_fraction']})",
-                                 "input_shape": [size, size, channels]})
-    logger.info("%s split %d: accuracy %.3f after %d epochs (%.1f s, weights %s)", spec["label"], split,
-                rows[0]["accuracy"], epochs_run, fit_s, weights_label)
     return rows

@@ -444,6 +444,58 @@ def _bad_list_text(bad) -> str:
 # the factory
 # ---------------------------------------------------------------------------
 @DATASETS.register("folder", "Images in one subfolder per class (png, jpg, tif, gif, bmp, npy depth)")
+def _drop_bad(root: Path, bad: list, on_bad_image: str, class_names: list, relpaths, labels, groups,
+              scanned):
+    """Unreadable images: an error naming them, or (``skip``) the lists without them,
+    checking that every class keeps an image."""
+    if on_bad_image == "error":
+        raise DataError(f"{len(bad)} unreadable image(s) in '{root}': {_bad_list_text(bad)}",
+                        "fix or remove these files, or set dataset.on_bad_image: skip to leave them out")
+    log.warning("skipped %d unreadable image(s) in %s: %s", len(bad), root, _bad_list_text(bad))
+    ok = [i for i, s in enumerate(scanned) if not s[2]]
+    relpaths = [relpaths[i] for i in ok]
+    labels = [labels[i] for i in ok]
+    groups = [groups[i] for i in ok] if groups is not None else None
+    scanned = [scanned[i] for i in ok]
+    counts = np.bincount(labels, minlength=len(class_names)) if labels else np.zeros(len(class_names))
+    empty = [class_names[c] for c in np.flatnonzero(counts == 0)]
+    if empty or len(class_names) < 2:
+        raise DataError(f"after skipping unreadable images, class folder(s) {', '.join(empty)} in "
+                        f"'{root}' have no images left", "fix the files or remove the class folder")
+    return relpaths, labels, groups, scanned
+
+
+def check_load_options(on_bad_image: str, color: str) -> None:
+    """``dataset.on_bad_image`` and ``dataset.color`` of the folder and manifest datasets."""
+    if on_bad_image not in ("error", "skip"):
+        raise ConfigError(f"dataset.on_bad_image must be 'error' or 'skip', got {on_bad_image!r}",
+                          "'skip' leaves unreadable images out and lists them in the log")
+    if color not in ("auto", "gray", "rgb"):
+        raise ConfigError(f"dataset.color must be 'auto', 'gray' or 'rgb', got {color!r}",
+                          "'auto' keeps gray images gray and colour images RGB")
+
+
+def image_modality(source, kinds: set, color: str, separate: str = "dataset folders") -> tuple[str, str]:
+    """``(modality, target)`` of a dataset whose images are of ``kinds`` (depth / gray / rgb)
+    under ``dataset.color``; ``target`` is what the loader converts each image to.
+    ``source`` (the folder or manifest) and ``separate`` name what the errors point at."""
+    if "depth" in kinds and kinds != {"depth"}:
+        raise DataError(f"'{source}' mixes depth maps (2-D float .npy) with images",
+                        f"keep depth maps and images in separate {separate}")
+    if kinds == {"depth"}:
+        if color == "rgb":
+            raise ConfigError("dataset.color 'rgb' cannot apply to depth maps",
+                              "use color: auto for folders of .npy depth maps")
+        return "depth", "keep"
+    if color == "gray":
+        return "gray", "gray"
+    if color == "rgb" or kinds == {"gray", "rgb"}:
+        if color == "auto":
+            log.info("%s mixes gray and colour images: all are loaded as RGB", root)
+        return "rgb", "rgb"
+    return next(iter(kinds)), "keep"
+
+
 def folder_dataset(path, group_pattern: str | None = None, on_bad_image: str = "error",
                    extensions: Sequence[str] = DEFAULT_EXTENSIONS, max_per_class: int | None = None,
                    seed: int = 0, color: str = "auto", name: str | None = None) -> Dataset:
@@ -463,12 +515,7 @@ def folder_dataset(path, group_pattern: str | None = None, on_bad_image: str = "
         color: ``"auto"``, ``"gray"`` or ``"rgb"``.
         name: dataset name (default: the folder's name).
     """
-    if on_bad_image not in ("error", "skip"):
-        raise ConfigError(f"dataset.on_bad_image must be 'error' or 'skip', got {on_bad_image!r}",
-                          "'skip' leaves unreadable images out and lists them in the log")
-    if color not in ("auto", "gray", "rgb"):
-        raise ConfigError(f"dataset.color must be 'auto', 'gray' or 'rgb', got {color!r}",
-                          "'auto' keeps gray images gray and colour images RGB")
+    check_load_options(on_bad_image, color)
     max_per_class = check_max_per_class(max_per_class)
     exts = _norm_extensions(extensions)
     rx = _compile_group_pattern(group_pattern)
@@ -491,40 +538,11 @@ def folder_dataset(path, group_pattern: str | None = None, on_bad_image: str = "
 
     scanned = _scan([root / r for r in relpaths], full=(on_bad_image == "skip"))
     bad = [(str(root / r), reason) for r, (_, _, reason) in zip(relpaths, scanned) if reason]
-    if bad and on_bad_image == "error":
-        raise DataError(f"{len(bad)} unreadable image(s) in '{root}': {_bad_list_text(bad)}",
-                        "fix or remove these files, or set dataset.on_bad_image: skip to leave them out")
     if bad:
-        log.warning("skipped %d unreadable image(s) in %s: %s", len(bad), root, _bad_list_text(bad))
-        ok = [i for i, s in enumerate(scanned) if not s[2]]
-        relpaths = [relpaths[i] for i in ok]
-        labels = [labels[i] for i in ok]
-        groups = [groups[i] for i in ok] if groups is not None else None
-        scanned = [scanned[i] for i in ok]
-        counts = np.bincount(labels, minlength=len(class_names)) if labels else np.zeros(len(class_names))
-        empty = [class_names[c] for c in np.flatnonzero(counts == 0)]
-        if empty or len(class_names) < 2:
-            raise DataError(f"after skipping unreadable images, class folder(s) {', '.join(empty)} in "
-                            f"'{root}' have no images left", "fix the files or remove the class folder")
+        relpaths, labels, groups, scanned = _drop_bad(root, bad, on_bad_image, class_names,
+                                                      relpaths, labels, groups, scanned)
 
-    kinds = {k for _, k, _ in scanned}
-    if "depth" in kinds and kinds != {"depth"}:
-        raise DataError(f"'{root}' mixes depth maps (2-D float .npy) with images",
-                        "keep depth maps and images in separate dataset folders")
-    if kinds == {"depth"}:
-        if color == "rgb":
-            raise ConfigError("dataset.color 'rgb' cannot apply to depth maps",
-                              "use color: auto for folders of .npy depth maps")
-        modality, target = "depth", "keep"
-    elif color == "gray":
-        modality, target = "gray", "gray"
-    elif color == "rgb" or kinds == {"gray", "rgb"}:
-        modality, target = "rgb", "rgb"
-        if color == "auto":
-            log.info("%s mixes gray and colour images: all are loaded as RGB", root)
-    else:
-        modality, target = kinds.pop(), "keep"
-
+    modality, target = image_modality(root, {k for _, k, _ in scanned}, color)
     digests = tuple(d for d, _, _ in scanned)
     salt = f"bench.folder/{LOADER_VERSION}/{target}/"
     keys = [hashlib.blake2b((salt + d).encode(), digest_size=16).hexdigest() for d in digests]

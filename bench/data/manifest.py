@@ -36,8 +36,8 @@ import numpy as np
 from ..errors import ConfigError, DataError
 from ..registry import DATASETS
 from .base import Dataset
-from .folder import LOADER_VERSION, FolderLoader, _bad_list_text, _scan, check_max_per_class, \
-    subsample_per_class
+from .folder import (LOADER_VERSION, FolderLoader, _bad_list_text, _scan, check_load_options,
+                     check_max_per_class, image_modality, subsample_per_class)
 
 log = logging.getLogger(__name__)
 
@@ -178,18 +178,18 @@ def _subsample(labels: np.ndarray, splits, max_per_class: int, seed: int) -> np.
     return np.sort(np.concatenate(keep))
 
 
-def _modality(kinds: set, color: str, file: Path) -> tuple[str, str]:
-    """(modality, loader target) from the probed image kinds, as the folder dataset decides."""
-    if "depth" in kinds and kinds != {"depth"}:
-        raise DataError(f"{file} mixes depth maps (2-D float .npy) with images",
-                        "list depth maps and images in separate manifests")
-    if kinds == {"depth"}:
-        return "depth", "keep"
-    if color == "gray":
-        return "gray", "gray"
-    if color == "rgb" or kinds == {"gray", "rgb"}:
-        return "rgb", "rgb"
-    return next(iter(kinds)), "keep"
+def _drop_bad_rows(file: Path, bad: list, on_bad_image: str, rows, labels, scanned):
+    """Unreadable images: an error naming them and their lines, or (``skip``) the rows without them."""
+    if on_bad_image == "error":
+        raise DataError(f"{len(bad)} unreadable image(s) listed in {file}: {_bad_list_text(bad)}",
+                        "fix or remove these files or lines, or set dataset.on_bad_image: skip")
+    log.warning("skipped %d unreadable image(s) listed in %s: %s", len(bad), file, _bad_list_text(bad))
+    ok = [i for i, s in enumerate(scanned) if not s[2]]
+    rows, labels, scanned = [rows[i] for i in ok], labels[ok], [scanned[i] for i in ok]
+    if len(np.unique(labels)) < 2:
+        raise DataError(f"after skipping unreadable images, {file} has fewer than 2 classes left",
+                        "fix the files")
+    return rows, labels, scanned
 
 
 @DATASETS.register("manifest", "Image files listed in a CSV/TSV (path,label[,group][,split][,metadata]), "
@@ -212,12 +212,7 @@ def manifest_dataset(path, path_column: str = "path", label_column: str = "label
         color: ``"auto"``, ``"gray"`` or ``"rgb"`` (as the ``folder`` dataset).
         name: dataset name (default: the manifest's stem).
     """
-    if on_bad_image not in ("error", "skip"):
-        raise ConfigError(f"dataset.on_bad_image must be 'error' or 'skip', got {on_bad_image!r}",
-                          "'skip' leaves unreadable images out and lists them in the log")
-    if color not in ("auto", "gray", "rgb"):
-        raise ConfigError(f"dataset.color must be 'auto', 'gray' or 'rgb', got {color!r}",
-                          "'auto' keeps gray images gray and colour images RGB")
+    check_load_options(on_bad_image, color)
     max_per_class = check_max_per_class(max_per_class)
     columns = {"path": path_column, "label": label_column, "group": group_column, "split": split_column}
     for role, col in columns.items():
@@ -247,18 +242,10 @@ def manifest_dataset(path, path_column: str = "path", label_column: str = "label
     scanned = _scan([r["__full__"] for r in rows], full=(on_bad_image == "skip"))
     bad = [(f"{r['__full__']} (line {r['__line__']})", reason)
            for r, (_, _, reason) in zip(rows, scanned) if reason]
-    if bad and on_bad_image == "error":
-        raise DataError(f"{len(bad)} unreadable image(s) listed in {file}: {_bad_list_text(bad)}",
-                        "fix or remove these files or lines, or set dataset.on_bad_image: skip")
     if bad:
-        log.warning("skipped %d unreadable image(s) listed in %s: %s", len(bad), file, _bad_list_text(bad))
-        ok = [i for i, s in enumerate(scanned) if not s[2]]
-        rows, labels, scanned = [rows[i] for i in ok], labels[ok], [scanned[i] for i in ok]
-        if len(np.unique(labels)) < 2:
-            raise DataError(f"after skipping unreadable images, {file} has fewer than 2 classes left",
-                            "fix the files")
+        rows, labels, scanned = _drop_bad_rows(file, bad, on_bad_image, rows, labels, scanned)
 
-    modality, target = _modality({k for _, k, _ in scanned}, color, file)
+    modality, target = image_modality(file, {k for _, k, _ in scanned}, color, "manifests")
 
     digests = tuple(d for d, _, _ in scanned)
     salt = f"bench.folder/{LOADER_VERSION}/{target}/"  # same bytes, same pixels as a folder dataset

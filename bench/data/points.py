@@ -399,54 +399,28 @@ def _check_params(patch_size, background_ratio, min_distance, border, max_per_cl
 
 @DATASETS.register("points", "Patches around point annotations (image,x,y,class CSV) in large "
                              "images, plus background patches; grouped by source image")
-def load_points(path, annotations=None, patch_size: int = 32, classes=None,
-                background_ratio: float = 1.0, min_distance=None, hard_negatives: float = 0.0,
-                border: str = "reflect", max_per_class=None, seed: int = 0, cache_images: int = 2,
-                name: str = "points") -> Dataset:
-    """Build the patch dataset from a folder of scenes and a points CSV (see module doc).
-
-    Parameters: ``annotations`` defaults to ``<path>/annotations.csv``; ``classes``
-    fixes the label order (default: sorted class names of the CSV) and
-    ``background`` is appended last; ``min_distance`` defaults to ``patch_size``;
-    ``hard_negatives`` is the share of the background patches drawn just outside
-    ``min_distance`` of an animal (``min_distance .. min_distance + patch_size/2``):
-    windows showing an animal off-centre, which a sliding-window counter must call
-    background; ``border`` is ``reflect`` (alias ``pad``), ``zero`` or ``drop``;
-    ``max_per_class`` caps patches per class (random, seeded) — counting still
-    uses every annotated point.
-    """
-    border, classes = _check_params(patch_size, background_ratio, min_distance, border,
-                                    max_per_class, classes)
-    if hard_negatives is None or not 0.0 <= float(hard_negatives) <= 1.0:
-        raise ConfigError(f"points: hard_negatives must be in [0, 1], got {hard_negatives!r}",
-                          "the share of background patches drawn next to animals, e.g. 0.5")
-    root = Path(path).expanduser()
-    if not root.is_dir():
-        raise DataError(f"points: dataset folder {root} not found", "set `path:` to the scenes folder")
-    csv_path = Path(annotations).expanduser() if annotations else root / "annotations.csv"
-    if annotations and not csv_path.is_absolute() and not csv_path.exists():
-        csv_path = root / annotations
-    df = read_annotations(csv_path, root)
-
+def _class_list(df, classes, csv_path) -> list:
+    """The annotated classes in label order: ``classes`` when given (each annotation's class
+    must be one of them), else the sorted classes of the CSV."""
     found = sorted(df["class"].unique())
     if classes is None:
-        classes = found
-    else:
-        unknown = df.index[~df["class"].isin(classes)]
-        if len(unknown):
-            i = unknown[0]
-            raise DataError(f"{csv_path}, line {_line(i)}, column 'class': {df['class'].iloc[i]!r} "
-                            f"is not in classes {classes}",
-                            "add it to `classes:` or remove those rows")
-        absent = [c for c in classes if c not in found]
-        if absent:
-            log.warning("points: classes %s have no annotation in %s", absent, csv_path)
-    class_names = list(classes) + [BACKGROUND]
-    label_of = {c: i for i, c in enumerate(class_names)}
-    bg_label = len(class_names) - 1
-    min_dist = float(patch_size if min_distance is None else min_distance)
+        return found
+    unknown = df.index[~df["class"].isin(classes)]
+    if len(unknown):
+        i = unknown[0]
+        raise DataError(f"{csv_path}, line {_line(i)}, column 'class': {df['class'].iloc[i]!r} "
+                        f"is not in classes {classes}",
+                        "add it to `classes:` or remove those rows")
+    absent = [c for c in classes if c not in found]
+    if absent:
+        log.warning("points: classes %s have no annotation in %s", absent, csv_path)
+    return list(classes)
 
-    scene_ids = list(dict.fromkeys(df["image"]))  # order of first appearance
+
+def _patch_rows(df, scene_ids, label_of, bg_label, patch_size, border, background_ratio, hard_negatives,
+                min_dist, seed):
+    """Per scene: its record (size, file hash) and the patch rows ``(scene_j, x, y, label, kind)``
+    of its annotated points and of the background sampled around them."""
     scenes = []
     rows = []  # (scene_j, x, y, label, kind)
     dropped = 0
@@ -477,21 +451,66 @@ def load_points(path, annotations=None, patch_size: int = 32, classes=None,
     if short:
         log.warning("points: %d background patches could not be placed %g px away from every "
                     "annotated point; lower min_distance or background_ratio", short, min_dist)
+    return scenes, rows
+
+
+def _cap_per_class(table, n_labels: int, max_per_class: int, seed: int):
+    """At most ``max_per_class`` rows per label (a seeded random pick), in their order."""
+    rng = np.random.default_rng(_stable_seed(seed, "max_per_class"))
+    keep_idx = []
+    for lab in range(n_labels):
+        idx = np.flatnonzero(table["label"].to_numpy() == lab)
+        if len(idx) > max_per_class:
+            idx = np.sort(rng.choice(idx, max_per_class, replace=False))
+        keep_idx.append(idx)
+    return table.iloc[np.sort(np.concatenate(keep_idx))].reset_index(drop=True)
+
+
+def load_points(path, annotations=None, patch_size: int = 32, classes=None,
+                background_ratio: float = 1.0, min_distance=None, hard_negatives: float = 0.0,
+                border: str = "reflect", max_per_class=None, seed: int = 0, cache_images: int = 2,
+                name: str = "points") -> Dataset:
+    """Build the patch dataset from a folder of scenes and a points CSV (see module doc).
+
+    Parameters: ``annotations`` defaults to ``<path>/annotations.csv``; ``classes``
+    fixes the label order (default: sorted class names of the CSV) and
+    ``background`` is appended last; ``min_distance`` defaults to ``patch_size``;
+    ``hard_negatives`` is the share of the background patches drawn just outside
+    ``min_distance`` of an animal (``min_distance .. min_distance + patch_size/2``):
+    windows showing an animal off-centre, which a sliding-window counter must call
+    background; ``border`` is ``reflect`` (alias ``pad``), ``zero`` or ``drop``;
+    ``max_per_class`` caps patches per class (random, seeded) — counting still
+    uses every annotated point.
+    """
+    border, classes = _check_params(patch_size, background_ratio, min_distance, border,
+                                    max_per_class, classes)
+    if hard_negatives is None or not 0.0 <= float(hard_negatives) <= 1.0:
+        raise ConfigError(f"points: hard_negatives must be in [0, 1], got {hard_negatives!r}",
+                          "the share of background patches drawn next to animals, e.g. 0.5")
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise DataError(f"points: dataset folder {root} not found", "set `path:` to the scenes folder")
+    csv_path = Path(annotations).expanduser() if annotations else root / "annotations.csv"
+    if annotations and not csv_path.is_absolute() and not csv_path.exists():
+        csv_path = root / annotations
+    df = read_annotations(csv_path, root)
+
+    classes = _class_list(df, classes, csv_path)
+    class_names = list(classes) + [BACKGROUND]
+    label_of = {c: i for i, c in enumerate(class_names)}
+    bg_label = len(class_names) - 1
+    min_dist = float(patch_size if min_distance is None else min_distance)
+
+    scene_ids = list(dict.fromkeys(df["image"]))  # order of first appearance
+    scenes, rows = _patch_rows(df, scene_ids, label_of, bg_label, patch_size, border, background_ratio,
+                               hard_negatives, min_dist, seed)
     if not rows:
         raise DataError(f"points: no patch could be cut from {root}",
                         "check the annotations and the border setting")
 
     table = pd.DataFrame(rows, columns=["scene_index", "x", "y", "label", "kind"])
     if max_per_class is not None:
-        rng = np.random.default_rng(_stable_seed(seed, "max_per_class"))
-        keep_idx = []
-        for lab in range(len(class_names)):
-            idx = np.flatnonzero(table["label"].to_numpy() == lab)
-            if len(idx) > int(max_per_class):
-                idx = np.sort(rng.choice(idx, int(max_per_class), replace=False))
-            keep_idx.append(idx)
-        table = table.iloc[np.sort(np.concatenate(keep_idx))].reset_index(drop=True)
-
+        table = _cap_per_class(table, len(class_names), int(max_per_class), seed)
     sj = table["scene_index"].to_numpy()
     table.insert(0, "scene", [scene_ids[j] for j in sj])
     table["class"] = [class_names[lab] for lab in table["label"]]
@@ -501,18 +520,9 @@ def load_points(path, annotations=None, patch_size: int = 32, classes=None,
     loader = PatchLoader([s["path"] for s in scenes], sj, table["x"], table["y"], patch_size,
                          border, cache_images)
     points_df = df[["image", "x", "y", "class"]].copy()
-    meta = {
-        "scenes": scenes,
-        "points": points_df,
-        "patches": table,
-        "patch_size": int(patch_size),
-        "classes": class_names,
-        "background": BACKGROUND,
-        "background_index": bg_label,
-        "border": border,
-        "min_distance": min_dist,
-        "annotations": str(csv_path),
-    }
+    meta = {"scenes": scenes, "points": points_df, "patches": table, "patch_size": int(patch_size),
+            "classes": class_names, "background": BACKGROUND, "background_index": bg_label,
+            "border": border, "min_distance": min_dist, "annotations": str(csv_path)}
     log.info("points: %d patches (%d background) from %d scenes, %d classes",
              len(table), int((table["label"] == bg_label).sum()), len(scenes), len(class_names))
     return Dataset(name=name, loader=loader, labels=table["label"].to_numpy(),
