@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from . import records as rec
+from .records import is_random_init  # noqa: F401  (re-exported: the report modules use it)
 from .stats import mean_ci
 
 KEYS = ["dataset", "feature", "classifier", "variant"]
@@ -32,17 +33,9 @@ COSTS = ["extract_ms_per_image", "fit_s", "predict_s"]
 FAMILY_ORDER = ["handcrafted", "deep", "hybrid", "cnn"]
 
 
-def is_random_init(weights) -> bool:
-    """True for rows whose CNN weights were randomly initialised (never pretrained)."""
-    return isinstance(weights, str) and weights.strip().lower().startswith("random")
-
-
 def feature_display(feature, weights=None) -> str:
     """Feature label as shown everywhere: ``"mobilenetv2-gap [random-init]"`` for random weights."""
-    label = str(feature)
-    if is_random_init(weights) and "[random-init]" not in label:
-        label += " [random-init]"
-    return label
+    return rec.tagged(feature, weights)
 
 
 def row_label(feature, classifier, weights=None, variant=None) -> str:

@@ -284,7 +284,7 @@ def _finetune_split(ctx, spec: dict, s, variant) -> list[CellResult]:
         weights = r.get("weights", "n/a")
         result = CellResult(
             cell_id=rec.cell_id(label, r["classifier"], s.index, variant),
-            feature=f"{label} [random-init]" if weights == "random-init" else label, family="cnn",
+            feature=rec.tagged(label, weights), family="cnn",
             classifier=r["classifier"], split=s, variant=variant, weights=weights, params=params,
             scores={k: r.get(k) for k in SCORE_FIELDS}, y_pred=r["y_pred"], proba=r.get("proba"))
         save_result(ctx, result, y[s.test])

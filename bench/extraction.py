@@ -108,11 +108,8 @@ def build_feature(spec: dict, cfg: dict) -> Feature:
     if spec["name"] == "cnn" and "engine" in extractor.get_params() and "engine" not in spec["params"]:
         extractor.set_params(engine=cfg.get("engine", "auto"))
     stage, fold_stage = extractor.stages()
-    label = spec["label"]
     weights = weights_of(extractor.describe()) if hasattr(extractor, "describe") else None
-    if weights == "random-init" and "random-init" not in label:
-        label = f"{label} [random-init]"
-    return Feature(label=label, spec=spec, extractor=extractor, stage=stage, fold_stage=fold_stage,
+    return Feature(label=rec.tagged(spec["label"], weights), spec=spec, extractor=extractor, stage=stage, fold_stage=fold_stage,
                    prepare=_prepare_of(spec["prepare"]), family=getattr(extractor, "family", "handcrafted"))
 
 

@@ -25,6 +25,8 @@ import time
 
 import numpy as np
 
+from .records import untagged
+
 log = logging.getLogger(__name__)
 
 FILE = "learning_curves_cnn.csv"
@@ -34,7 +36,7 @@ COLUMNS = ["dataset", "family", "feature", "classifier", "weights", "split", "fr
 
 
 def _spec_of(config: dict, feature: str) -> dict | None:
-    bare = str(feature).replace(" [random-init]", "")
+    bare = untagged(feature)
     for spec in (config or {}).get("finetune") or []:
         if isinstance(spec, dict) and spec.get("label") in (feature, bare):
             return spec

@@ -58,24 +58,54 @@ def cell_id(feature: str, classifier: str, split: int, variant: str | None = Non
 CELL_VARIANTS = (None, "random-split")
 
 
+RANDOM_INIT = "random-init"
+RANDOM_INIT_TAG = f"[{RANDOM_INIT}]"
+
+
+def is_random_init(weights) -> bool:
+    """True for rows whose CNN weights were randomly initialised (never pretrained)."""
+    return isinstance(weights, str) and weights.strip().lower().startswith("random")
+
+
+def tagged(label, weights) -> str:
+    """A row's feature label as recorded and shown: ``"mobilenetv2-gap [random-init]"``
+    when its weights are random (the one place the suffix is added)."""
+    label = str(label)
+    return f"{label} {RANDOM_INIT_TAG}" if is_random_init(weights) and RANDOM_INIT not in label else label
+
+
+def untagged(label) -> str:
+    """The label as configured (without the random-init suffix)."""
+    return str(label).replace(f" {RANDOM_INIT_TAG}", "")
+
+
 def check_cell_ids(features, classifiers, end_to_end=()) -> None:
     """:class:`~bench.errors.ConfigError` naming both labels when two (feature, classifier)
     rows of a config would share a cell id (:func:`cell_id` maps punctuation to ``-``:
     ``"x y"`` and ``"x-y"`` are one id), so no row overwrites another's records and
-    predictions. ``end_to_end``: the fine-tuning labels (classifier ``end-to-end``)."""
-    rows = [(f, c) for f in features for c in classifiers] + [(m, "end-to-end") for m in end_to_end]
+    predictions. A feature may gain the suffix ``" [random-init]"`` when its weights
+    turn out random, so ``"x"`` and ``"x (random-init)"`` collide too. ``end_to_end``: the
+    fine-tuning labels (classifier ``end-to-end``; their cell ids never take the suffix)."""
+    rows = [(name, f, c) for f in features for name in _label_forms(f) for c in classifiers]
+    rows += [(m, m, "end-to-end") for m in end_to_end]
     seen: dict = {}
-    for f, c in rows:
+    for name, f, c in rows:
         for split in (0, 1):
             for variant in CELL_VARIANTS:
-                cid = cell_id(f, c, split, variant)
-                other = seen.setdefault(cid, (f, c, split, variant))
-                if other[:2] != (f, c):
+                cid = cell_id(name, c, split, variant)
+                other = seen.setdefault(cid, (f, c))
+                if other != (f, c):
                     raise ConfigError(
                         f"rows ({other[0]!r}, {other[1]!r}) and ({f!r}, {c!r}) map to the same cell id "
-                        f"{cid!r}: labels differing only in punctuation or spaces collide",
+                        f"{cid!r}: labels differing only in punctuation, spaces or a '[random-init]' "
+                        "suffix collide",
                         "give one of the two entries another 'label', e.g. "
                         "features: [{name: lbp, label: lbp-r1}]")
+
+
+def _label_forms(label: str) -> tuple[str, ...]:
+    """The labels a feature's rows may carry: as given, and with the random-init suffix."""
+    return (label,) if RANDOM_INIT in label else (label, tagged(label, RANDOM_INIT))
 
 
 def now() -> str:

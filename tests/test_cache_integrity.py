@@ -167,6 +167,26 @@ def test_entry_checks_shape_dtype_checksum_and_rows(tmp_path, caplog):
     assert FeatureCache(tmp_path).get("k") is None
 
 
+def test_one_flipped_byte_is_caught_and_earlier_blake2b_sidecars_still_verify(tmp_path):
+    cache = FeatureCache(tmp_path)
+    X = np.random.default_rng(0).random((50, 40)).astype(np.float32)
+    cache.put("k", X, {"label": "f"})
+    npy, meta_path = _entry(tmp_path)
+    assert json.loads(meta_path.read_text())["checksum"].startswith("crc32:")
+    data = bytearray(npy.read_bytes())
+    data[-7] ^= 0x01  # one bit of one value: shape and dtype unchanged
+    npy.write_bytes(bytes(data))
+    assert FeatureCache(tmp_path).get("k", rows=50) is None
+    cache.put("k", X, {"label": "f"})  # an entry written by a bench that used blake2b
+    meta = json.loads(meta_path.read_text())
+    meta["checksum"] = file_checksum(npy, "blake2b")
+    assert meta["checksum"].startswith("blake2b:")
+    meta_path.write_text(json.dumps(meta))
+    np.testing.assert_array_equal(FeatureCache(tmp_path).get("k", rows=50)[0], X)
+    npy.write_bytes(bytes(data))
+    assert FeatureCache(tmp_path).get("k", rows=50) is None
+
+
 @pytest.mark.parametrize("fix_sidecar", [False, True], ids=["checksum", "rows"])
 def test_a_bad_entry_is_recomputed_and_rewritten_by_the_next_run(tmp_path, fix_sidecar):
     cache_dir = tmp_path / "cache"

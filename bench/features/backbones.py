@@ -294,13 +294,17 @@ def keras_weights_request(bb: Backbone, input_size=None) -> dict:
 
     The model is built with ``get_file`` swapped (under the same lock as
     :func:`_keras_get_file_returns`) for one that records its arguments and stops the
-    build: nothing is downloaded. Costs one model construction (~1 s).
+    build: nothing is downloaded. Costs one model construction (~1-2 s), once per process
+    and (backbone, size): the answer depends only on those and on the Keras version.
     """
     import warnings
 
     import keras
     from keras.src.utils import file_utils
     h, w = bb.input_hw(input_size)
+    memo = (bb.name, bb.constructor, h, w, repr(sorted(bb.kwargs.items())), keras.__version__)
+    if memo in _REQUESTS:
+        return dict(_REQUESTS[memo])
     asked: dict = {}
 
     def record(fname=None, origin=None, *args, **kwargs):
@@ -324,7 +328,11 @@ def keras_weights_request(bb: Backbone, input_size=None) -> dict:
     if not asked.get("fname"):  # pragma: no cover - a Keras version that stopped using get_file
         raise WeightsError(f"keras.applications.{bb.constructor} did not ask for a weights file",
                            "copy the file into the Keras cache by hand (see the README)")
+    _REQUESTS[memo] = dict(asked)
     return asked
+
+
+_REQUESTS: dict = {}  # keras_weights_request's answers in this process
 
 
 def _register(bb: Backbone) -> Backbone:

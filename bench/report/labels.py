@@ -22,8 +22,9 @@ import seaborn as sns
 from matplotlib.colors import to_hex, to_rgb
 
 from ..aggregate import FAMILY_ORDER, feature_display, is_random_init
+from ..records import RANDOM_INIT_TAG
 
-RANDOM_TAG = "[random-init]"
+RANDOM_TAG = RANDOM_INIT_TAG
 FAMILY_TITLES = {"handcrafted": "hand-crafted", "deep": "deep (frozen CNN)", "hybrid": "hybrid",
                  "cnn": "end-to-end CNN"}
 _PALETTE = sns.color_palette("colorblind", 10)

@@ -35,6 +35,7 @@ from sklearn.metrics import precision_recall_fscore_support
 from .. import __version__, mistakes
 from ..aggregate import best_by_family, feature_display, fmt_pm
 from ..provenance import command_text
+from ..records import untagged
 from . import plots
 from . import tables as T
 from .rundata import RunData
@@ -447,7 +448,7 @@ def reproduce_section(rd: RunData, section_type):
         rnd = [k for k, f in rd.features.items() if T.is_random_init(f.get("weights"))]
         rnd += [f for f, w in zip(rd.summary.get("feature", []), rd.summary.get("weights", []))
                 if T.is_random_init(w)]
-        shown = annotate_config(text, [str(x).replace(" [random-init]", "") for x in rnd])
+        shown = annotate_config(text, [untagged(x) for x in rnd])
         s.add("details", {"id": "config-yaml", "summary": f"Resolved configuration (config.yaml of "
                                                           f"{rd.run_id}, {len(text.splitlines())} lines)",
                           "code": shown, "open": False},
