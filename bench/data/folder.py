@@ -443,7 +443,6 @@ def _bad_list_text(bad) -> str:
 # ---------------------------------------------------------------------------
 # the factory
 # ---------------------------------------------------------------------------
-@DATASETS.register("folder", "Images in one subfolder per class (png, jpg, tif, gif, bmp, npy depth)")
 def _drop_bad(root: Path, bad: list, on_bad_image: str, class_names: list, relpaths, labels, groups,
               scanned):
     """Unreadable images: an error naming them, or (``skip``) the lists without them,
@@ -491,11 +490,12 @@ def image_modality(source, kinds: set, color: str, separate: str = "dataset fold
         return "gray", "gray"
     if color == "rgb" or kinds == {"gray", "rgb"}:
         if color == "auto":
-            log.info("%s mixes gray and colour images: all are loaded as RGB", root)
+            log.info("%s mixes gray and colour images: all are loaded as RGB", source)
         return "rgb", "rgb"
     return next(iter(kinds)), "keep"
 
 
+@DATASETS.register("folder", "Images in one subfolder per class (png, jpg, tif, gif, bmp, npy depth)")
 def folder_dataset(path, group_pattern: str | None = None, on_bad_image: str = "error",
                    extensions: Sequence[str] = DEFAULT_EXTENSIONS, max_per_class: int | None = None,
                    seed: int = 0, color: str = "auto", name: str | None = None) -> Dataset:

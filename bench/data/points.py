@@ -397,8 +397,6 @@ def _check_params(patch_size, background_ratio, min_distance, border, max_per_cl
     return border, classes
 
 
-@DATASETS.register("points", "Patches around point annotations (image,x,y,class CSV) in large "
-                             "images, plus background patches; grouped by source image")
 def _class_list(df, classes, csv_path) -> list:
     """The annotated classes in label order: ``classes`` when given (each annotation's class
     must be one of them), else the sorted classes of the CSV."""
@@ -466,6 +464,8 @@ def _cap_per_class(table, n_labels: int, max_per_class: int, seed: int):
     return table.iloc[np.sort(np.concatenate(keep_idx))].reset_index(drop=True)
 
 
+@DATASETS.register("points", "Patches around point annotations (image,x,y,class CSV) in large "
+                             "images, plus background patches; grouped by source image")
 def load_points(path, annotations=None, patch_size: int = 32, classes=None,
                 background_ratio: float = 1.0, min_distance=None, hard_negatives: float = 0.0,
                 border: str = "reflect", max_per_class=None, seed: int = 0, cache_images: int = 2,
