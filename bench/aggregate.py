@@ -259,8 +259,10 @@ _PLAIN_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?%?")
 
 
 def csv_cell(value):
-    """``value`` made safe for a spreadsheet (text only; plain numbers such as ``-1.5`` stay)."""
-    if isinstance(value, str) and value[:1] in _FORMULA_START and not _PLAIN_NUMBER.fullmatch(value):
+    """``value`` made safe for a spreadsheet (text only; plain numbers such as ``-1.5`` and the
+    lone ``-`` of an empty table cell stay as they are: neither is a formula)."""
+    if isinstance(value, str) and value[:1] in _FORMULA_START and value != "-" \
+            and not _PLAIN_NUMBER.fullmatch(value):
         return "'" + value
     return value
 

@@ -182,12 +182,12 @@ def test_csv_escaping_round_trips():
     import pandas as pd
 
     from bench.aggregate import csv_safe, csv_unescape
-    df = pd.DataFrame({"label": ["=1+2", "+cmd", "-x", "@SUM(A1)", "'quoted", "plain", "-1.5", "+2"],
-                       "v": range(8)})
+    df = pd.DataFrame({"label": ["=1+2", "+cmd", "-x", "@SUM(A1)", "'quoted", "plain", "-1.5", "+2", "-"],
+                       "v": range(9)})
     text = csv_safe(df).to_csv(index=False)
     cells = [line.split(",")[0].strip('"') for line in text.splitlines()[1:]]
     assert cells[:5] == ["'=1+2", "'+cmd", "'-x", "'@SUM(A1)", "''quoted"]
-    assert cells[5:] == ["plain", "-1.5", "+2"]  # plain numbers stay numbers
+    assert cells[5:] == ["plain", "-1.5", "+2", "-"]  # plain numbers and the empty-cell dash stay
     assert csv_unescape(pd.read_csv(io.StringIO(text))).equals(df)
 
 
