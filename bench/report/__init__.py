@@ -45,6 +45,21 @@ def _check_formats(formats: Iterable[str]) -> tuple[str, ...]:
     return formats
 
 
+def _unique(names: Iterable[str]) -> list[str]:
+    """File names for the figures or tables, in order: a repeated name gains ``-2``, ``-3``...
+    (two figures of one name would otherwise overwrite each other's file)."""
+    seen: set[str] = set()
+    out = []
+    for name in names:
+        new, k = name, 1
+        while new in seen:
+            k += 1
+            new = f"{name}-{k}"
+        seen.add(new)
+        out.append(new)
+    return out
+
+
 def _write(doc, out: Path, formats: tuple[str, ...]) -> dict[str, Path]:
     from . import html, pdf, summary_pdf
     try:
@@ -57,18 +72,13 @@ def _write(doc, out: Path, formats: tuple[str, ...]) -> dict[str, Path]:
     fig_dir.mkdir(exist_ok=True)
     for old in fig_dir.glob("*.png"):  # a rebuild must not keep figures of sections now gone
         old.unlink()
-    for f in doc.figures():
-        (fig_dir / f"{f.name}.png").write_bytes(f.png)
+    for f, name in zip(doc.figures(), _unique(f.name for f in doc.figures())):
+        (fig_dir / f"{name}.png").write_bytes(f.png)
     tab_dir = out / "tables"
     tab_dir.mkdir(exist_ok=True)
     for old in tab_dir.glob("*.csv"):
         old.unlink()
-    seen = set()
-    for t in doc.tables():
-        name = t.name
-        while name in seen:
-            name += "-2"
-        seen.add(name)
+    for t, name in zip(doc.tables(), _unique(t.name for t in doc.tables())):
         csv_safe(t.to_frame()).to_csv(tab_dir / f"{name}.csv", index=False)
     if "html" in formats:
         paths["html"] = html.write(doc, out / "report.html")

@@ -14,6 +14,8 @@ Reads ``explain.json`` and the PNG panels written by :mod:`bench.explain.stage`
 """
 from __future__ import annotations
 
+import hashlib
+
 import json
 import logging
 import math
@@ -165,7 +167,12 @@ def explain_blocks(rd: RunData) -> list[tuple]:
 
 
 def _token(text: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in str(text)).strip("-")[:60] or "x"
+    """A file-name token of ``text``; a long one is cut and keeps a hash of the whole, so two
+    sources that share their first 60 characters still get two figure files."""
+    token = "".join(c if c.isalnum() else "-" for c in str(text)).strip("-") or "x"
+    if len(token) <= 60:
+        return token
+    return f"{token[:51]}-{hashlib.blake2b(str(text).encode(), digest_size=4).hexdigest()}"
 
 
 def _notes(s: _Blocks, data: dict, split) -> None:
