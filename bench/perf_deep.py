@@ -277,8 +277,10 @@ def measure_backbone(backbone: str, files: Sequence[Path], input_size=224, batch
 
 def _diff(a, b) -> dict:
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    from .features.engines import tolerance
     scale = float(np.abs(b).max()) or 1.0
-    return {"max_abs_diff": float(np.abs(a - b).max()), "max_rel_diff": float(np.abs(a - b).max() / scale)}
+    return {"max_abs_diff": float(np.abs(a - b).max()), "max_rel_diff": float(np.abs(a - b).max() / scale),
+            "tolerance": tolerance(b)}
 
 
 def _row(backbone, n, ext, timed, weights_label, batch_size, repeats, first_s, preload_s,
@@ -325,7 +327,7 @@ def _engine_rows(timed, info, default, backbone) -> dict:
                 target = TARGET_DEFAULT_ENGINE.get(backbone)
                 r.update(default=True, target=target,
                          met=bool(target is None or (r["ratio_files_vs_forward"] >= target
-                                                     and r["max_abs_diff"] <= 1e-4)))
+                                                     and r["max_abs_diff"] <= r["tolerance"])))
         out[name] = r
     return out
 

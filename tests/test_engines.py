@@ -180,7 +180,7 @@ def test_onnxruntime_uses_every_core_and_all_optimisations(cache_dir, images, mo
 # -- fallbacks --------------------------------------------------------------------------------
 def test_failed_check_warns_and_keras_is_used(cache_dir, images, caplog, monkeypatch):
     pytest.importorskip("onnxruntime")
-    monkeypatch.setattr(engines, "compare", lambda *a, **k: 0.5)  # as if the export were wrong
+    monkeypatch.setattr(engines, "compare", lambda *a, **k: (0.5, engines.CHECK_TOL))  # a wrong export
     with caplog.at_level(logging.WARNING, logger="bench"):
         e = _cnn("onnxruntime")
         feats = e.transform(images)
@@ -288,3 +288,23 @@ def test_batchnorm_fold_keeps_the_outputs_and_folds_every_conv_bn_pair():
     assert foldable_pairs(keras.Model(inp, y)) == {}
     z = keras.layers.BatchNormalization(name="bn2")(c)
     assert foldable_pairs(keras.Model(inp, [z, c])) == {}  # c has another consumer
+
+
+def test_check_tolerance_is_1e4_widened_only_to_float32_resolution(tmp_path):
+    """1e-4 max abs, except where the embeddings are so large that float32 itself steps by
+    more (ResNet50's pooled features reach ~300: 16 steps there are 4.9e-4)."""
+    small = np.linspace(0, 6, 100, dtype=np.float32)
+    large = np.linspace(0, 300, 100, dtype=np.float32)
+    assert engines.tolerance(small) == engines.CHECK_TOL
+    assert engines.tolerance(large) == pytest.approx(16 * np.spacing(np.float32(300)))
+    assert engines.tolerance(np.array([np.nan, 1.0])) == engines.CHECK_TOL
+    for ref, off, ok in [(large, 3e-4, True), (small, 3e-4, False), (large, 1e-3, False), (small, 5e-5, True)]:
+        ref4 = np.tile(ref, (engines.CHECK_BATCH, 1))
+        path = tmp_path / f"m{len(list(tmp_path.iterdir()))}.onnx"
+        path.write_bytes(b"x")
+        run = lambda: engines.checked("onnxruntime", path, lambda x: ref4 + off, lambda x: ref4, (8, 8))  # noqa: E731
+        if ok:
+            assert run() == pytest.approx(off, rel=0.05)
+        else:
+            with pytest.raises(engines.EngineUnavailable, match="above the tolerance"):
+                run()

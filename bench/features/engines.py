@@ -59,6 +59,11 @@ OpenVINO for MobileNetV2, EfficientNet-Lite0 and ResNet50 on the 2-core referenc
 (``python -m bench perf --only deep``, docs/BENCHMARKS.md); OpenVINO stays selectable."""
 OPSET = 17
 CHECK_TOL = 1e-4
+CHECK_ULPS = 16
+"""The check's tolerance is ``CHECK_TOL`` (max abs), widened to ``CHECK_ULPS`` float32
+spacings at the largest embedding value where that is larger (:func:`tolerance`): ResNet50's
+pooled features reach ~300, where one float32 step is 3.1e-5 and TensorFlow's own BatchNorm-
+folded graph differs from its unfolded one by 3.5e-4 (docs/BENCHMARKS.md)."""
 CHECK_BATCH = 4
 INPUT_NAME = "images"
 
@@ -297,29 +302,38 @@ def _store_check(path: Path, engine: str, result: dict) -> None:
         os.replace(tmp, target)
 
 
-def compare(forward, keras_forward, input_hw) -> float:
-    """Max abs difference of two forward passes on :func:`reference_batch`."""
+def tolerance(reference) -> float:
+    """The largest max-abs difference accepted from embeddings whose Keras values are
+    ``reference``: :data:`CHECK_TOL`, or :data:`CHECK_ULPS` float32 spacings at the largest
+    absolute value when that is larger (float32 cannot do better at that magnitude)."""
+    ref = np.asarray(reference, dtype=np.float32)
+    top = float(np.abs(ref).max()) if ref.size and np.isfinite(ref).all() else 0.0
+    return max(CHECK_TOL, CHECK_ULPS * float(np.spacing(np.float32(top))))
+
+
+def compare(forward, keras_forward, input_hw) -> tuple[float, float]:
+    """``(max abs difference, tolerance)`` of two forward passes on :func:`reference_batch`."""
     x = reference_batch(input_hw)
     with _lock:
         stats["checks"] += 1
-    return float(np.max(np.abs(np.asarray(forward(x)) - np.asarray(keras_forward(x)))))
+    ref = np.asarray(keras_forward(x))
+    return float(np.max(np.abs(np.asarray(forward(x)) - ref))), tolerance(ref)
 
 
 def checked(engine: str, path: Path, forward, keras_forward, input_hw) -> float:
     """The check of (``path``, ``engine``), run once and remembered beside the file.
 
     Raises :class:`EngineUnavailable` when the embeddings differ by more than
-    :data:`CHECK_TOL`."""
+    :func:`tolerance`."""
     hit = _cached_check(path, engine)
     if hit is not None and hit.get("ok"):
         return float(hit["max_abs_diff"])
-    diff = compare(forward, keras_forward, input_hw)
-    ok = bool(np.isfinite(diff) and diff <= CHECK_TOL)
-    _store_check(path, engine, {"max_abs_diff": diff, "ok": ok, "tol": CHECK_TOL,
-                                "n_images": CHECK_BATCH})
+    diff, tol = compare(forward, keras_forward, input_hw)
+    ok = bool(np.isfinite(diff) and diff <= tol)
+    _store_check(path, engine, {"max_abs_diff": diff, "ok": ok, "tol": tol, "n_images": CHECK_BATCH})
     if not ok:
         raise EngineUnavailable(f"its embeddings differ from Keras' by {diff:.3g} (max abs) on "
-                                f"{CHECK_BATCH} check images, above the tolerance {CHECK_TOL:g}")
+                                f"{CHECK_BATCH} check images, above the tolerance {tol:.3g}")
     return diff
 
 
