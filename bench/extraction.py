@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import statistics
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -193,13 +194,13 @@ def _extract_many(stages, prepares, load, idx, outs, limit_threads: bool, catch:
     """One task (in a worker, or in the parent with one worker): read and decode each image of
     the contiguous range ``idx`` once, then give each stage (``None``: skipped) its own
     preparation of them. A stage's rows go into the memory-mapped ``.npy`` ``outs[k]`` when
-    given, else back as an array. Returns ``(start, count, seconds, per stage: (ok, rows or
-    None or error text, seconds))``; a stage's seconds include the loading, so its ms/image
-    is what the feature alone costs."""
+    given, else back as an array. Returns ``(start, count, (seconds, CPU seconds), per stage:
+    (ok, rows or None or error text, seconds))``; a stage's seconds include the loading, so
+    its ms/image is what the feature alone costs."""
     if limit_threads:
         import cv2
         cv2.setNumThreads(1)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     start, live = int(idx[0]), [s for s in stages if s is not None]
     try:
         raw = [load(int(i)) for i in idx]
@@ -209,14 +210,14 @@ def _extract_many(stages, prepares, load, idx, outs, limit_threads: bool, catch:
         if not catch:
             raise
         text = f"{type(exc).__name__}: {exc}"
-        return start, len(idx), time.perf_counter() - t0, [
+        return start, len(idx), (time.perf_counter() - t0, time.process_time() - cpu0), [
             None if s is None else (False, text, 0.0) for s in stages]
     if len(live) > 1:  # shared by several stages: none may change the pixels another one sees
         raw = [_read_only(im) for im in raw]
     load_s = time.perf_counter() - t0
     res = [None if s is None else _run_stage(s, prep, raw, start, out, load_s, catch)
            for s, prep, out in zip(stages, prepares, outs)]
-    return start, len(idx), time.perf_counter() - t0, res
+    return start, len(idx), (time.perf_counter() - t0, time.process_time() - cpu0), res
 
 
 class _Pass:
@@ -233,23 +234,38 @@ class _Pass:
         self.secs = [0.0] * k
         self.mms: list = [None] * k
         self.parts: list = [{} for _ in range(k)]
-        self.costs: list = []       # seconds per image of each task
-        self.tasks = 0
+        self.costs: list = []       # seconds per image of each task, in the order they finished
+        self.sizes: list = []       # the chunk sizes chosen
+        self.tasks, self.task_s, self.task_cpu_s = 0, 0.0, 0.0
         self.parent_s = 0.0         # parent's time keeping rows and errors (Amdahl's serial part)
-        self.chunk_size = None
 
     def run(self, chunk_size) -> "_Pass":
+        """The first task of each worker, whose rows come back (they give the widths of the
+        memory-mapped outputs and the first costs), then the others."""
         n = len(self.dataset)
         size = PROBE_IMAGES if chunk_size == "auto" else int(chunk_size)
         first = _ranges(0, min(n, size * self.workers), size)
         self._collect(self._map(first, to_files=False))
         start = int(first[-1][-1]) + 1 if first else 0
         if start < n and any(e is None for e in self.errors):
-            if chunk_size == "auto":
-                size = choose_chunk_size(min(self.costs), n - start, self.workers)
-            self._collect(self._map(_ranges(start, n, size), to_files=True))
-        self.chunk_size = size
+            self._collect(self._map(self._chunks(start, n, chunk_size), to_files=True))
         return self
+
+    def _chunks(self, start: int, n: int, chunk_size):
+        """The remaining index ranges, each sized when it is scheduled: from the median cost of
+        the last tasks that finished (the first tasks of fresh workers cost more)."""
+        while start < n:
+            if chunk_size == "auto":
+                size = choose_chunk_size(statistics.median(self.costs[-8:]), n - start, self.workers)
+            else:
+                size = int(chunk_size)
+            self.sizes.append(size)
+            yield np.arange(start, min(start + size, n))
+            start += size
+
+    @property
+    def chunk_size(self):
+        return int(statistics.median(self.sizes)) if self.sizes else None
 
     def _source(self, idx):
         """What a worker loads images with: the dataset's loader, cut to ``idx`` where it can be."""
@@ -279,9 +295,11 @@ class _Pass:
             for idx in chunks)
 
     def _collect(self, results) -> None:
-        for start, count, secs, per_stage in results:
+        for start, count, (secs, cpu), per_stage in results:
             t0 = time.perf_counter()
             self.tasks += 1
+            self.task_s += secs
+            self.task_cpu_s += cpu
             self.costs.append(secs / max(1, count))
             for k, res in enumerate(per_stage):
                 if res is None or self.errors[k] is not None:
@@ -356,9 +374,9 @@ def compute_many(stages, prepares, dataset, *, chunk_size="auto", n_jobs: int = 
     ``X`` is None; the other stages go on).
 
     Each image is read and decoded once per pass, by the worker that computes it (the parent
-    ships index ranges and a light loader, never pixels), then prepared for each stage. With
-    several workers the first task of each measures the per-image cost; ``chunk_size:
-    auto`` sizes the other tasks from it (:func:`choose_chunk_size`). A stage's dense rows
+    ships index ranges and a light loader, never pixels), then prepared for each stage. The
+    first task of each worker is a small probe; ``chunk_size: auto`` sizes each later task
+    from the per-image cost of the tasks finished so far (:func:`choose_chunk_size`). A stage's dense rows
     go into a memory-mapped float32 ``.npy`` at ``out_paths[k]`` (the parent writes the first
     tasks' rows, local workers the others'). ``seconds_of_work`` sums the tasks' own times
     (a single-worker equivalent), so ms/image does not depend on ``n_jobs``.
@@ -376,7 +394,8 @@ def compute_many(stages, prepares, dataset, *, chunk_size="auto", n_jobs: int = 
     out = job.outputs()
     last_pass.clear()
     last_pass.update(tasks=job.tasks, chunk_size=job.chunk_size, workers=workers, parent_s=job.parent_s,
-                     wall_s=time.perf_counter() - t0, parent_cpu_s=time.process_time() - cpu0)
+                     wall_s=time.perf_counter() - t0, parent_cpu_s=time.process_time() - cpu0,
+                     task_s=job.task_s, task_cpu_s=job.task_cpu_s)
     log.debug("extraction pass: %d stages, %d tasks of %s images on %d workers, parent %.2f s",
               len(job.stages), job.tasks, job.chunk_size, workers, job.parent_s)
     return out

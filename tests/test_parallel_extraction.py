@@ -158,10 +158,11 @@ def test_auto_chunks_come_from_the_first_tasks(images, monkeypatch):
     monkeypatch.setattr(extraction, "choose_chunk_size", chooser)
     X, _ = extraction.compute_per_image(stage, ds, Prepare(), n_jobs=1, chunk_size="auto")
     assert X.shape[0] == len(ds) == 27
-    ((cost, n_left, workers),) = seen
-    assert cost > 0 and n_left == len(ds) - extraction.PROBE_IMAGES and workers == 1
-    assert extraction.last_pass["chunk_size"] == 7
-    assert extraction.last_pass["tasks"] == 1 + -(-n_left // 7)
+    # after the probe (4 images), each task is sized from the costs measured so far
+    assert [n_left for _, n_left, _ in seen] == [23, 16, 9, 2]
+    assert all(cost > 0 and workers == 1 for cost, _, workers in seen)
+    assert extraction.last_pass["chunk_size"] == 7 and extraction.last_pass["tasks"] == 1 + 4
+    seen.clear()
     extraction.compute_per_image(stage, ds, Prepare(), n_jobs=1, chunk_size=5)
-    assert len(seen) == 1  # an explicit chunk_size is not chosen
+    assert not seen  # an explicit chunk_size is not chosen
     assert extraction.last_pass["chunk_size"] == 5 and extraction.last_pass["tasks"] == -(-len(ds) // 5)
