@@ -201,7 +201,7 @@ def run(cfg: dict, *, progress: Progress | None = None, new: bool = False,
     """
     from . import parallel, weights
     parallel.start_workers(cfg["parallel"])  # the run's pool starts while this process works on
-    ok = False
+    interrupted = True
     try:
         plugin_paths = resolve_components(cfg, base_dir)
         with weights.run_settings(offline=cfg.get("offline") or None,
@@ -212,10 +212,13 @@ def run(cfg: dict, *, progress: Progress | None = None, new: bool = False,
                 if on_run_dir:
                     on_run_dir(folder.path)
                 ctx = _stages(cfg, folder, dataset, plugin_paths, progress, report)
-        ok = True
+        interrupted = False
         return ctx
+    except Exception:
+        interrupted = False  # a user mistake: let the workers finish starting (no abort noise)
+        raise
     finally:
-        parallel.drop_workers(wait=ok)
+        parallel.drop_workers(wait=not interrupted)
 
 
 def _stages(cfg, folder: RunFolder, dataset, plugin_paths, progress, report: bool) -> RunContext:

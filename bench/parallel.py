@@ -140,7 +140,12 @@ def wait_workers() -> dict | None:
     gen, t0 = _warmup.pop("gen"), _warmup.pop("t0")
     submit_s = _warmup.pop("submit_s")
     t_wait = time.perf_counter()
-    answers = list(gen)
+    try:
+        answers = list(gen)
+    except Exception as exc:  # noqa: BLE001 - e.g. a worker killed while starting: joblib starts others
+        log.warning("the worker pool did not start cleanly (%s: %s); joblib restarts it",
+                    type(exc).__name__, exc)
+        return None
     info = {"pids": sorted({a["pid"] for a in answers}), "import_s": max(a["import_s"] for a in answers),
             "tensorflow": any(a["tensorflow"] for a in answers), "submit_s": submit_s,
             "ready_s": max(a["done_at"] for a in answers) - t0, "wait_s": time.perf_counter() - t_wait}
@@ -154,9 +159,9 @@ def wait_workers() -> dict | None:
 
 
 def drop_workers(wait: bool = True) -> None:
-    """End a start-up that nobody waited for (a run with nothing to compute): ``wait``
-    takes its answer and keeps the pool (idle workers leave after joblib's timeout);
-    otherwise (a failed run) joblib aborts it."""
+    """End a start-up that nobody waited for (a run with nothing to compute, or one that
+    stopped on an error): ``wait`` takes its answer and keeps the pool (idle workers leave
+    after joblib's timeout); otherwise (Ctrl-C) joblib aborts it."""
     gen = _warmup.pop("gen", None)
     _warmup.clear()
     if gen is not None and wait:

@@ -346,6 +346,21 @@ def _memory_block(rows: list[dict], stamp: str, cmd: str) -> str:
     return "\n".join(out) + "\n"
 
 
+def table_row(r: dict) -> str:
+    """One row of a section's table in docs/BENCHMARKS.md."""
+    what = r.get("what") or r.get("extractor") or r.get("name")
+    notes = []
+    for k in ("n_images", "size", "target", "note"):
+        if r.get(k) is not None:
+            notes.append(f"{k}={r[k]}")
+    if r.get("peak_rss_mb") is not None:
+        notes.append(f"peak RSS {r['peak_rss_mb']:.0f} MB (after imports {r['import_rss_mb']:.0f} MB; "
+                     f"the images alone are {r['images_mb']:.0f} MB)")
+    ratio = f"**{r['ratio']:.1f}x**" if r.get("ratio") else ""
+    return (f"| {what} | {_fmt(r.get('bench_s'), 3)} | {_fmt(r.get('baseline_s'), 3)} | {ratio} | "
+            f"{r.get('baseline', '')} | {'; '.join(notes)} |")
+
+
 def write_markdown(rows: list[dict], path: Path, quick: bool, only: str | None) -> None:
     """Replace the sections measured now in ``path``, keeping the others."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -367,18 +382,7 @@ def write_markdown(rows: list[dict], path: Path, quick: bool, only: str | None) 
         out = [f"## {titles[section]}", "", f"Measured {stamp} on {_machine()} with `{cmd}`.", ""]
         out += ["| what | bench (s) | baseline (s) | speed-up | baseline | notes |",
                 "|---|---:|---:|---:|---|---|"]
-        for r in rs:
-            what = r.get("what") or r.get("extractor") or r.get("name")
-            notes = []
-            for k in ("n_images", "size", "target", "note"):
-                if r.get(k) is not None:
-                    notes.append(f"{k}={r[k]}")
-            if r.get("peak_rss_mb") is not None:
-                notes.append(f"peak RSS {r['peak_rss_mb']:.0f} MB (after imports {r['import_rss_mb']:.0f} MB; "
-                             f"the images alone are {r['images_mb']:.0f} MB)")
-            ratio = f"**{r['ratio']:.1f}x**" if r.get("ratio") else ""
-            out.append(f"| {what} | {_fmt(r.get('bench_s'), 3)} | {_fmt(r.get('baseline_s'), 3)} | {ratio} | "
-                       f"{r.get('baseline', '')} | {'; '.join(notes)} |")
+        out += [table_row(r) for r in rs]
         blocks[section] = "\n".join(out) + "\n"
     old = path.read_text() if path.exists() else ""
     marker = "\n<!-- notes -->\n"
