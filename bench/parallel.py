@@ -101,11 +101,12 @@ def _warm() -> dict:
     import os
     import sys
     import time
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     from . import cache, records, weights  # noqa: F401  (what bench.extraction, the tasks' module, imports)
     from . import features  # noqa: F401  (every built-in extractor, as an unpickled stage needs)
     from .data import folder  # noqa: F401  (the folder loader: Pillow, the decoder)
     return {"pid": os.getpid(), "import_s": time.perf_counter() - t0, "done_at": time.time(),
+            "import_cpu_s": time.process_time() - cpu0,
             "tensorflow": "tensorflow" in sys.modules}
 
 
@@ -147,6 +148,7 @@ def wait_workers() -> dict | None:
                     type(exc).__name__, exc)
         return None
     info = {"pids": sorted({a["pid"] for a in answers}), "import_s": max(a["import_s"] for a in answers),
+            "import_cpu_s": max(a["import_cpu_s"] for a in answers),
             "tensorflow": any(a["tensorflow"] for a in answers), "submit_s": submit_s,
             "ready_s": max(a["done_at"] for a in answers) - t0, "wait_s": time.perf_counter() - t_wait}
     last_startup.clear()
