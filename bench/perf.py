@@ -144,9 +144,10 @@ def scaling_model(one: dict, two: dict) -> dict:
               "parent_in_pass_s": p2["parent_cpu_s"], "store_s": max(0.0, store_s), "check_s": two["check_s"]}
     s = sum(serial.values())
     work = one["pass"]["wall_s"]  # one worker: the pass is all work
-    busy = p2["task_cpu_s"] / max(1e-9, p2["workers"] * p2["wall_s"])  # CPU the workers got during the pass
+    cpu = p2["task_cpu_s"] / max(1e-9, p2["workers"] * p2["wall_s"])  # CPU the workers got during the pass
+    busy = p2["task_s"] / max(1e-9, p2["workers"] * p2["wall_s"])  # time they spent inside tasks
     return {"serial": serial, "serial_s": s, "work_s": work, "fraction": s / (s + work),
-            "worker_cpu_share": busy, "worker_import_cpu_s": st.get("import_cpu_s"),
+            "worker_cpu_share": cpu, "worker_busy_share": busy, "worker_import_cpu_s": st.get("import_cpu_s"),
             "predicted": {n: one["total_s"] / (s + work / n) for n in (2, 8, 32)},
             "limit": one["total_s"] / s}
 
@@ -436,8 +437,9 @@ def _scaling_block(row: dict, stamp: str, cmd: str) -> str:
              f"From the parallel row above ({stamp}, `{cmd}`, {row['n_images']} PNG files): Amdahl's law with "
              "the serial parts of the run's feature stage (what no added core shortens) against the work of "
              "the tasks (the n_jobs=1 pass: decode + prepare + 4 features). During the n_jobs=2 pass the "
-             f"workers got {100 * m['worker_cpu_share']:.0f}% of 2 cores (CPU seconds of the tasks / (2 x wall)): "
-             "below ~95% the 2-core figure is held back by other load, not by bench.", "",
+             f"workers were inside a task {100 * m['worker_busy_share']:.0f}% of the time and got "
+             f"{100 * m['worker_cpu_share']:.0f}% of 2 cores (CPU seconds of the tasks / (2 x wall)): busy but "
+             "short of CPU means the 2-core figure is held back by other load, not by bench.", "",
              "| serial part | seconds |", "|---|---:|"]
     lines += [f"| {parts[k]} | {v:.2f} |" for k, v in m["serial"].items()]
     lines += [f"| **total serial** | **{m['serial_s']:.2f}** |", "",
