@@ -166,3 +166,24 @@ def test_auto_chunks_come_from_the_first_tasks(images, monkeypatch):
     extraction.compute_per_image(stage, ds, Prepare(), n_jobs=1, chunk_size=5)
     assert not seen  # an explicit chunk_size is not chosen
     assert extraction.last_pass["chunk_size"] == 5 and extraction.last_pass["tasks"] == -(-len(ds) // 5)
+
+
+def test_scaling_model_and_its_notes_section():
+    from bench import perf
+    one = {"total_s": 100.0, "dataset_s": 3.0, "check_s": 0.0, "pass": {"wall_s": 96.0}}
+    two = {"total_s": 55.0, "dataset_s": 6.0, "check_s": 0.5,
+           "pass": {"wall_s": 48.0, "parent_cpu_s": 1.0, "workers": 2, "task_s": 96.0, "task_cpu_s": 48.0},
+           "startup": {"import_cpu_s": 2.5, "wait_s": 0.0}}
+    m = perf.scaling_model(one, two)
+    # serial: 3 (parent start-up) + 1 ((3 + 2 x 2.5) / 2 - 3) + 1 (parent in pass) + 0.5 (store) + 0.5 (check)
+    assert m["serial"] == {"dataset_s": 3.0, "pool_start_s": 1.0, "parent_in_pass_s": 1.0, "store_s": 0.5,
+                           "check_s": 0.5}
+    assert m["serial_s"] == pytest.approx(6.0) and m["fraction"] == pytest.approx(6 / 102)
+    assert m["predicted"][8] == pytest.approx(100 / (6 + 12))
+    assert m["worker_busy_share"] == pytest.approx(1.0) and m["worker_cpu_share"] == pytest.approx(0.5)
+    row = {"scaling": m, "n_images": 2000, "ratio": 100 / 55}
+    block = perf._scaling_block(row, "STAMP", "CMD")
+    notes = perf._with_scaling("\n<!-- notes -->\n## Notes\n\n* hand-written\n", block)
+    again = perf._with_scaling(notes, block.replace("STAMP", "LATER"))
+    assert notes.count("## Scaling model") == again.count("## Scaling model") == 1
+    assert "LATER" in again and "STAMP" not in again and "* hand-written" in again
