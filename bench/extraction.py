@@ -1,6 +1,14 @@
 """Stage "extract features": each ``features:`` entry built into a :class:`Feature`
 and its per-image matrix (a :class:`FeatureMatrix`) loaded from the feature cache or
 computed once, in chunks, in parallel where the extractor allows it.
+
+The parallel-safe (hand-crafted) features missing from the cache are computed together,
+in one pass (:func:`extract_together`, :func:`compute_many`): each task is a range of
+image indices and a light loader; the worker reads and decodes each image once, runs
+every feature on it and writes the rows straight into that feature's memory-mapped
+``.npy`` in the cache, so the parent only schedules. The cache still holds one matrix per
+feature under the same key as when features were extracted one at a time. CNN features
+run one at a time in the parent (:func:`compute_per_image`).
 """
 from __future__ import annotations
 
