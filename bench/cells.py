@@ -21,7 +21,7 @@ from sklearn.preprocessing import StandardScaler
 from . import classifiers as _classifiers  # noqa: F401  (fills CLASSIFIERS, also in workers)
 from . import records as rec
 from .errors import BenchError, DataError
-from .parallel import joblib_backend
+from .parallel import joblib_backend, wait_workers
 from .protocol import SEARCH_SCORING, class_scores, score
 from .registry import CLASSIFIERS, accepts
 
@@ -214,6 +214,7 @@ def evaluate_cells(ctx, plan, groups=None, variant: str | None = None) -> list[C
     if not todo:
         return []
     workers, backend = joblib_backend(cfg["parallel"])
+    wait_workers()  # the run's pool, started at the beginning of the run (bench.parallel)
     bar = ctx.progress(f"evaluate{' (' + variant + ')' if variant else ''}", len(todo)) if ctx.progress else None
     jobs = (delayed(safe_cell)(ctx.matrices[f.label].X, y, groups, s.train, s.test, f.fold_stage, c,
                                s.seed_or(cfg["seed"]), ctx.dataset.n_classes, getattr(s, "val", None),

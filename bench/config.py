@@ -376,7 +376,9 @@ def _check_parallel(par: dict) -> None:
     _check_choice("parallel.backend", par["backend"])
     if isinstance(par["n_jobs"], bool) or not isinstance(par["n_jobs"], int) or par["n_jobs"] == 0:
         raise _type_error("parallel.n_jobs", par["n_jobs"], "a non-zero integer (-1 = all cores)")
-    _check_int("parallel.chunk_size", par["chunk_size"], 1)
+    cs = par["chunk_size"]
+    if cs != "auto" and (isinstance(cs, bool) or not isinstance(cs, int) or cs < 1):
+        raise _type_error("parallel.chunk_size", cs, "auto or a number of images >= 1")
     if par["address"] is not None and not isinstance(par["address"], str):
         raise _type_error("parallel.address", par["address"], "null or 'tcp://host:port'")
 

@@ -194,19 +194,31 @@ def run(cfg: dict, *, progress: Progress | None = None, new: bool = False,
     through :mod:`bench.suite`); ``report``: also build the report of ``output.formats``
     (its paths in ``ctx.report_paths``), under the run folder's lock like the rest.
 
+    The loky worker pool (``parallel.n_jobs`` > 1) is started first, in the background, and
+    serves the extraction and the cells (:func:`bench.parallel.start_workers`).
     ``offline`` and ``cache.dir`` hold for the whole run (:func:`bench.weights.run_settings`):
     no weights download when offline, converted packaged weights beside the features.
     """
-    plugin_paths = resolve_components(cfg, base_dir)
-    from . import weights
-    with weights.run_settings(offline=cfg.get("offline") or None,
-                              cache_dir=(cfg.get("cache") or {}).get("dir")):
-        dataset = load_dataset(cfg)
-        folder = RunFolder.create(resolve_run_dir(cfg, new))
-        with folder.lock():
-            if on_run_dir:
-                on_run_dir(folder.path)
-            return _stages(cfg, folder, dataset, plugin_paths, progress, report)
+    from . import parallel, weights
+    parallel.start_workers(cfg["parallel"])  # the run's pool starts while this process works on
+    interrupted = True
+    try:
+        plugin_paths = resolve_components(cfg, base_dir)
+        with weights.run_settings(offline=cfg.get("offline") or None,
+                                  cache_dir=(cfg.get("cache") or {}).get("dir")):
+            dataset = load_dataset(cfg)
+            folder = RunFolder.create(resolve_run_dir(cfg, new))
+            with folder.lock():
+                if on_run_dir:
+                    on_run_dir(folder.path)
+                ctx = _stages(cfg, folder, dataset, plugin_paths, progress, report)
+        interrupted = False
+        return ctx
+    except Exception:
+        interrupted = False  # a user mistake: let the workers finish starting (no abort noise)
+        raise
+    finally:
+        parallel.drop_workers(wait=not interrupted)
 
 
 def _stages(cfg, folder: RunFolder, dataset, plugin_paths, progress, report: bool) -> RunContext:

@@ -90,7 +90,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "n_jobs": K(-1, doc="-1 = all cores"),
         "backend": K("loky", ("loky", "threading", "sequential", "dask")),
         "address": K(None, doc="dask scheduler, tcp://host:port"),
-        "chunk_size": K(32, doc="images per extraction task"),
+        "chunk_size": K("auto", doc="images per extraction task: auto (about 0.3 s of work each, "
+                                    "at least 4 per worker, from the first tasks' cost) or a number"),
     },
     "cache": {
         "enabled": K(True),

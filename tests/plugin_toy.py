@@ -136,3 +136,20 @@ def toy_points(n_per_class: int = 20, n_groups: int = 0, seed: int = 0, gap: flo
     groups = (np.arange(len(labels)) % n_groups) if n_groups else None
     return Dataset("toy-points", load, labels, ["diagonal", "below"], keys, groups=groups,
                    modality="gray")
+
+
+@FEATURES.register("spy_pid", "Mean intensity and the id of the process that computed it (tests)")
+class _SpyPid(Extractor):
+    """Column 0: the process id of whoever extracted the image (tests/test_parallel_extraction.py)."""
+
+    def extract_one(self, image):
+        return np.array([_os.getpid(), float(np.asarray(image, dtype=np.float64).mean())])
+
+
+@FEATURES.register("fails_on_bright", "Mean intensity; raises on a bright image (tests)")
+class _FailsOnBright(Extractor):
+    def extract_one(self, image):
+        m = float(np.asarray(image, dtype=np.float64).mean())
+        if m > 150:
+            raise RuntimeError(f"bright image (mean {m:.0f})")
+        return np.array([m])

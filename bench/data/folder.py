@@ -262,23 +262,47 @@ class FolderLoader:
     target: str  # "keep" | "gray" | "rgb"
 
     def __call__(self, i: int) -> np.ndarray:
-        path = Path(self.root, self.relpaths[i])
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise DataError(f"cannot read image '{path}': {_reason(exc)}",
-                            "the file disappeared or became unreadable after the dataset was built"
-                            ) from exc
-        if _digest(data) != self.digests[i]:
-            raise DataError(f"image '{path}' changed on disk after the dataset was built",
-                            "do not edit the dataset folder during a run; start the run again")
-        try:
-            arr = decode_image(data, path.name)
-        except Exception as exc:  # noqa: BLE001
-            raise DataError(f"cannot decode image '{path}': {_reason(exc)}",
-                            "fix or remove the file, or set dataset.on_bad_image: skip "
-                            "to leave unreadable files out") from exc
-        return _convert(arr, self.target)
+        return _load_file(self.root, self.relpaths[i], self.digests[i], self.target)
+
+    def subset(self, indices) -> "FolderSubset":
+        """A loader of the images ``indices`` only, still called with their dataset index:
+        what an extraction task ships to a worker (not every path and hash of the dataset)."""
+        idx = tuple(int(i) for i in indices)
+        return FolderSubset(self.root, {i: (self.relpaths[i], self.digests[i]) for i in idx}, self.target)
+
+
+@dataclass(frozen=True)
+class FolderSubset:
+    """:meth:`FolderLoader.subset`: ``loader(i)`` for some dataset indices ``i``."""
+
+    root: str
+    files: dict  # dataset index -> (relative path, digest)
+    target: str
+
+    def __call__(self, i: int) -> np.ndarray:
+        relpath, digest = self.files[int(i)]
+        return _load_file(self.root, relpath, digest, self.target)
+
+
+def _load_file(root: str, relpath: str, digest: str, target: str) -> np.ndarray:
+    """Read, check the hash, decode and convert one file of a folder dataset."""
+    path = Path(root, relpath)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"cannot read image '{path}': {_reason(exc)}",
+                        "the file disappeared or became unreadable after the dataset was built"
+                        ) from exc
+    if _digest(data) != digest:
+        raise DataError(f"image '{path}' changed on disk after the dataset was built",
+                        "do not edit the dataset folder during a run; start the run again")
+    try:
+        arr = decode_image(data, path.name)
+    except Exception as exc:  # noqa: BLE001
+        raise DataError(f"cannot decode image '{path}': {_reason(exc)}",
+                        "fix or remove the file, or set dataset.on_bad_image: skip "
+                        "to leave unreadable files out") from exc
+    return _convert(arr, target)
 
 
 # ---------------------------------------------------------------------------
