@@ -120,7 +120,8 @@ def build_feature(spec: dict, cfg: dict) -> Feature:
     stage, fold_stage = extractor.stages()
     weights = weights_of(extractor.describe()) if hasattr(extractor, "describe") else None
     return Feature(label=rec.tagged(spec["label"], weights), spec=spec, extractor=extractor, stage=stage,
-                   fold_stage=fold_stage, prepare=_prepare_of(spec["prepare"]), family=getattr(extractor, "family", "handcrafted"))
+                   fold_stage=fold_stage, prepare=_prepare_of(spec["prepare"]),
+                   family=getattr(extractor, "family", "handcrafted"))
 
 
 # --------------------------------------------------------------------------- computing
