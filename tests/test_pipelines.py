@@ -157,7 +157,8 @@ def test_sealion_pipeline_reduced(tmp_path):
     _, ctx, rs = run_pipeline(
         "sealion", tmp_path, "dataset.n_scenes=4", "dataset.scene_size=[128, 160]",
         "dataset.animals_per_scene=[16, 20]", "protocol.n_splits=2", "count.splits=[0]",
-        "report.gallery=0", report_formats=("html",))
+        "report.gallery=0", "count.cnn=[{label: count-cnn, tile: 64, steps: 60, jitter: 0.1}]",
+        report_formats=("html",))  # the CNN counter's 1000 steps are the pipeline's; 60 run the same code
     plan = json.loads((ctx.run_dir / "splits.json").read_text())
     assert plan["grouped"] and "Group" in plan["splitter"]
     groups = np.array(json.loads((ctx.run_dir / "dataset.json").read_text())["groups"])
