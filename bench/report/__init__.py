@@ -72,13 +72,14 @@ def _write(doc, out: Path, formats: tuple[str, ...]) -> dict[str, Path]:
     fig_dir.mkdir(exist_ok=True)
     for old in fig_dir.glob("*.png"):  # a rebuild must not keep figures of sections now gone
         old.unlink()
-    for f, name in zip(doc.figures(), _unique(f.name for f in doc.figures())):
+    figures, tables = doc.figures(), doc.tables()
+    for f, name in zip(figures, _unique(f.name for f in figures)):
         (fig_dir / f"{name}.png").write_bytes(f.png)
     tab_dir = out / "tables"
     tab_dir.mkdir(exist_ok=True)
     for old in tab_dir.glob("*.csv"):
         old.unlink()
-    for t, name in zip(doc.tables(), _unique(t.name for t in doc.tables())):
+    for t, name in zip(tables, _unique(t.name for t in tables)):
         csv_safe(t.to_frame()).to_csv(tab_dir / f"{name}.csv", index=False)
     if "html" in formats:
         paths["html"] = html.write(doc, out / "report.html")
