@@ -61,6 +61,7 @@ adult_females, blue juveniles, green pups) and writes the image,x,y,class CSV of
     "cache": """\
 examples:
   python -m bench cache info
+  python -m bench cache verify    # recompute every checksum; bad entries are removed
   python -m bench cache clear""",
 }
 
@@ -309,6 +310,11 @@ def cmd_cache(args) -> int:
     if args.action == "info":
         info = cache.info()
         print(f"cache: {info['dir']}\nentries: {info['entries']}\nsize: {info['bytes'] / 1e6:.1f} MB")
+    elif args.action == "verify":
+        n, bad = cache.verify()
+        print(f"cache: {cache.root}\nchecked: {n} entries\nbad (removed): {len(bad)}"
+              + "".join(f"\n  {k}" for k in bad))
+        return 1 if bad else 0
     else:
         n = cache.clear()
         print(f"removed {n} entries from {cache.root}")
@@ -339,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
               compare  one report over several runs
               perf     speed benchmarks against the plain way of doing it
               points-from-dots  dotted survey photos -> image,x,y,class points CSV
-              cache    feature cache info / clear
+              cache    feature cache info / verify / clear
 
             python -m bench <command> --help shows examples."""))
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -401,8 +407,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="minimum per-channel difference of a dot pixel (default 40)")
     pd_.set_defaults(func=cmd_points_from_dots)
 
-    c = add("cache", "inspect or clear the feature cache")
-    c.add_argument("action", choices=["info", "clear"])
+    c = add("cache", "inspect, verify or clear the feature cache")
+    c.add_argument("action", choices=["info", "verify", "clear"])
     c.add_argument("--dir", default=None, help="cache folder (default $BENCH_CACHE_DIR or ~/.cache/bench)")
     c.set_defaults(func=cmd_cache)
     return p

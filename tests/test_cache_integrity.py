@@ -187,6 +187,114 @@ def test_one_flipped_byte_is_caught_and_earlier_blake2b_sidecars_still_verify(tm
     assert FeatureCache(tmp_path).get("k", rows=50) is None
 
 
+# ------------------------------------------------------------------------- checks that cost nothing on hits
+class _Counting:
+    """``bench.cache.file_checksum`` replaced by a counting wrapper."""
+
+    def __init__(self, monkeypatch):
+        import bench.cache as cache_mod
+        self.calls, real = [], cache_mod.file_checksum
+
+        def counted(path, *a, **k):
+            self.calls.append(Path(path).name)
+            return real(path, *a, **k)
+        monkeypatch.setattr(cache_mod, "file_checksum", counted)
+
+
+def test_an_unchanged_entry_is_not_hashed_again_and_any_write_to_it_is(tmp_path, monkeypatch):
+    X = np.random.default_rng(0).random((64, 32)).astype(np.float32)
+    FeatureCache(tmp_path).put("k", X, {"label": "f"})
+    npy, meta_path = _entry(tmp_path)
+    count = _Counting(monkeypatch)
+    np.testing.assert_array_equal(FeatureCache(tmp_path).get("k", rows=64)[0], X)
+    assert count.calls == []  # verified when written, unchanged since: not read in full
+    # a write that keeps the size and puts the mtime back is still seen (the ctime moves)
+    st = npy.stat()
+    data = bytearray(npy.read_bytes())
+    data[-5] ^= 0x10
+    with open(npy, "r+b") as fh:
+        fh.write(bytes(data))
+    os.utime(npy, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert npy.stat().st_size == st.st_size and npy.stat().st_mtime_ns == st.st_mtime_ns
+    assert FeatureCache(tmp_path).get("k", rows=64) is None
+    assert count.calls == [npy.name]
+    # a sidecar not newer than the file's last change ("racily clean") means: hash it
+    FeatureCache(tmp_path).put("k", X, {"label": "f"})
+    count.calls.clear()
+    os.utime(meta_path, ns=(npy.stat().st_ctime_ns, npy.stat().st_ctime_ns))
+    np.testing.assert_array_equal(FeatureCache(tmp_path).get("k", rows=64)[0], X)
+    assert count.calls == [npy.name]
+    # ... and once hashed, the identity is recorded: the next run does not hash it again
+    assert json.loads(meta_path.read_text())["file"][1] == npy.stat().st_size
+    count.calls.clear()
+    assert FeatureCache(tmp_path).get("k", rows=64) is not None and count.calls == []
+
+
+def test_cache_verify_rehashes_every_entry_and_removes_bad_ones(tmp_path):
+    """A change the identity cannot see (bytes altered below the filesystem: simulated by
+    recording the altered file's identity) is what ``bench cache verify`` is for."""
+    cache = FeatureCache(tmp_path)
+    X = np.random.default_rng(1).random((20, 8)).astype(np.float32)
+    cache.put("good", X, {"label": "a"})
+    cache.put("bad", X, {"label": "b"})
+    bad = tmp_path / "features" / "bad.npy"
+    data = bytearray(bad.read_bytes())
+    data[-1] ^= 0x01
+    bad.write_bytes(bytes(data))
+    meta = json.loads((tmp_path / "features" / "bad.json").read_text())
+    st = bad.stat()
+    meta["file"] = [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+    (tmp_path / "features" / "bad.json").write_text(json.dumps(meta))
+    assert FeatureCache(tmp_path).get("bad") is not None  # trusted by its identity
+    res = run_cli("cache", "verify", "--dir", tmp_path)
+    assert res.returncode == 1, res
+    assert "checked: 2 entries" in res.stdout and "bad (removed): 1" in res.stdout and "bad" in res.stderr
+    assert not bad.exists() and FeatureCache(tmp_path).get("bad") is None
+    np.testing.assert_array_equal(FeatureCache(tmp_path).get("good")[0], X)
+    res = run_cli("cache", "verify", "--dir", tmp_path)
+    assert res.returncode == 0 and "checked: 1 entries" in res.stdout and "bad (removed): 0" in res.stdout
+
+
+def test_ragged_cells_are_aligned_views_of_one_memory_map_and_other_npz_layouts_load(tmp_path):
+    import zipfile
+    rng = np.random.default_rng(2)
+    obj = np.empty(40, dtype=object)
+    for i in range(40):
+        obj[i] = rng.random((int(rng.integers(0, 30)), 128)).astype(np.float32)
+    obj[3] = np.arange(6, dtype=np.int64).reshape(2, 3)  # a second dtype
+    cache = FeatureCache(tmp_path)
+    cache.put("r", obj, {"label": "sift"})
+    path = tmp_path / "features" / "r.npz"
+    with zipfile.ZipFile(path) as zf:  # a standard npz: numpy reads it
+        assert {i.compress_type for i in zf.infolist()} == {zipfile.ZIP_STORED}
+    with np.load(path, allow_pickle=False) as z:
+        np.testing.assert_array_equal(decode_ragged(z)[7], obj[7])
+    back = FeatureCache(tmp_path).get("r", rows=40)[0]
+    for a, b in zip(obj, back):
+        assert b.dtype == a.dtype and b.flags.aligned and not b.flags.writeable
+        np.testing.assert_array_equal(a, b)
+    base = [b for b in back if b.dtype == np.float32 and b.size]
+    assert all(np.shares_memory(base[0], b) is False for b in base[1:])  # distinct cells ...
+    roots = set()
+    for b in base:
+        while getattr(b, "base", None) is not None and not isinstance(b, np.memmap):
+            b = b.base
+        roots.add(id(b))
+    assert len(roots) == 1  # ... of one memory map, not copies
+    # npz files of np.savez (unaligned) and np.savez_compressed load too, equal
+    from bench.cache import encode_ragged as enc
+    for save in (np.savez, np.savez_compressed):
+        with open(path, "wb") as fh:
+            save(fh, **enc(obj))
+        meta = json.loads((tmp_path / "features" / "r.json").read_text())
+        meta["checksum"] = file_checksum(path)
+        (tmp_path / "features" / "r.json").write_text(json.dumps(meta))
+        back = FeatureCache(tmp_path).get("r", rows=40)[0]
+        assert all(b.flags.aligned for b in back)
+        for a, b in zip(obj, back):
+            np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("fix_sidecar", [False, True], ids=["checksum", "rows"])
 def test_a_bad_entry_is_recomputed_and_rewritten_by_the_next_run(tmp_path, fix_sidecar):
     cache_dir = tmp_path / "cache"
