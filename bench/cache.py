@@ -306,10 +306,12 @@ class FeatureCache:
         if self.read_only or not self.enabled:
             return
         try:
+            if json.loads(p["meta"].read_text()) != meta:  # rewritten meanwhile: leave it
+                return
             tmp = self._tmp(p["meta"])
             tmp.write_text(json.dumps({**meta, "file": _identity(st)}, default=str))
             os.replace(tmp, p["meta"])
-        except OSError as exc:  # the entry stays valid: it is only checked in full again
+        except (OSError, ValueError) as exc:  # the entry stays valid: it is checked in full again
             log.debug("feature cache: could not record the identity of %s: %s", key, exc)
 
     # ------------------------------------------------------------------ writing
