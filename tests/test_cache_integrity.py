@@ -218,6 +218,17 @@ def test_an_unchanged_entry_is_not_hashed_again_and_any_write_to_it_is(tmp_path,
     assert npy.stat().st_size == st.st_size and npy.stat().st_mtime_ns == st.st_mtime_ns
     assert FeatureCache(tmp_path).get("k", rows=64) is None
     assert count.calls == [npy.name]
+    # ... also when the sidecar is written again afterwards (newer than the change): the
+    # recorded identity, ctime included, is what vouches for the bytes
+    FeatureCache(tmp_path).put("k", X, {"label": "f"})
+    st = npy.stat()
+    with open(npy, "r+b") as fh:
+        fh.write(bytes(data))
+    os.utime(npy, ns=(st.st_atime_ns, st.st_mtime_ns))
+    meta_path.write_text(meta_path.read_text())
+    count.calls.clear()
+    assert FeatureCache(tmp_path).get("k", rows=64) is None
+    assert count.calls == [npy.name]
     # a sidecar not newer than the file's last change ("racily clean") means: hash it
     FeatureCache(tmp_path).put("k", X, {"label": "f"})
     count.calls.clear()
