@@ -446,7 +446,7 @@ class FeatureCache:
             try:
                 meta = json.loads(meta_path.read_text())
                 meta.pop("file", None)  # forget the identity: hash the bytes
-                self._load(key, {**self.paths(key), "meta": meta_path}, None, meta=meta)
+                self._load(key, self.paths(key), None, meta=meta)
             except (_Stale, OSError, ValueError, AttributeError) as why:
                 log.warning("feature cache entry %s is bad (%s): removed", key, why)
                 bad.append(key)
