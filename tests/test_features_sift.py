@@ -66,6 +66,43 @@ def test_descriptors_equal_opencv_and_rootsift():
     assert len(det) == len(cv2.SIFT_create().detect(im))
 
 
+def _textured(shape, seed):
+    """Photo-like: smoothed noise, gradients and fine noise (no window without gradient,
+    where SIFT's descriptor would be float rounding noise in any implementation)."""
+    rng = np.random.default_rng(seed)
+    h, w = shape
+    img = cv2.GaussianBlur(rng.normal(0, 40, (h, w)).astype(np.float32), (0, 0), 2.0)
+    img += 80 * np.mgrid[0:h, 0:w][1] / max(w, 1) + 127 + rng.normal(0, 3, (h, w))
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("shape, step, size", [
+    ((128, 128), 8, 16),   # the default grid on the size of the perf row
+    ((300, 260), 8, 16),   # taller and wider than one strip (dense_sift's span): runs of centres
+    ((97, 143), 5, 15),    # odd sizes, centres at half pixels (rounded as OpenCV rounds)
+    ((200, 150), 10.5, 24),
+    ((64, 64), 4, 40),     # windows much wider than the step
+    ((40, 30), 6, 12),
+    ((7, 9), 8, 16),       # smaller than one window: one centre
+])
+def test_the_dense_grid_at_once_equals_opencv_compute_keypoint_by_keypoint(shape, step, size):
+    im = _textured(shape, seed=int(step * 10 + size))
+    ours = SiftDescriptors(step=step, size=size, rootsift=False).transform([im])[0]
+    ref = cv2.SIFT_create().compute(im, dense_keypoints(im.shape, step, size))[1]
+    assert ours.shape == ref.shape and ours.dtype == np.float32
+    diff = np.abs(ours - ref)
+    # OpenCV's own values (0..255 after its 512 scaling); a float sum in another order can
+    # round one entry the other way
+    assert diff.max() <= 1 and (diff > 0).mean() <= 1e-3, (diff.max(), (diff > 0).mean())
+    assert (ref > 0).mean() > 0.1  # the comparison is not between empty descriptors
+    kps, desc = SiftDescriptors(step=step, size=size).keypoints_and_descriptors(im)[1:]
+    assert [k.pt for k in kps] == [k.pt for k in dense_keypoints(im.shape, step, size)]
+    np.testing.assert_allclose(desc, rootsift(ours), rtol=1e-6)
+    flat = SiftDescriptors(step=step, size=size, rootsift=False).transform([np.full(shape, 77, np.uint8)])[0]
+    np.testing.assert_array_equal(flat, cv2.SIFT_create().compute(
+        np.full(shape, 77, np.uint8), dense_keypoints(shape, step, size))[1])
+
+
 def _dataset():
     ims = [stripes(0, s) for s in range(8)] + [stripes(90, s + 100) for s in range(8)]
     y = np.array([0] * 8 + [1] * 8)
