@@ -308,3 +308,28 @@ def test_check_tolerance_is_1e4_widened_only_to_float32_resolution(tmp_path):
         else:
             with pytest.raises(engines.EngineUnavailable, match="above the tolerance"):
                 run()
+
+
+def test_perf_rows_compare_what_bench_run_uses_with_model_predict():
+    """docs/BENCHMARKS.md's deep rows: bench from files against ``model.predict`` both for the
+    keras engine and for the default CPU engine (what ``bench run`` uses), from one run's
+    timings (best, median, embeddings)."""
+    from bench.perf_deep import _engine_rows, table_rows
+    feats = np.random.default_rng(0).random((8, 4)).astype(np.float32)
+    timed = {"forward": (1.7, 1.8, feats), "predict": (2.1, 2.3, feats), "bench": (1.8, 1.9, feats),
+             "files_onnxruntime": (1.3, 1.4, feats + 1e-6), "alone_onnxruntime": (1.1, 1.2, feats)}
+    engines = _engine_rows(timed, {"onnxruntime": {"how": "onnxruntime x", "tolerance": 1e-4}},
+                           "onnxruntime", "mobilenetv2")
+    assert engines["onnxruntime"]["ratio_files_vs_predict"] == round(2.1 / 1.3, 3)
+    assert engines["onnxruntime"]["met"] is False  # 1.7 / 1.3 < 1.5
+    r = {"backbone": "mobilenetv2", "input_size": [224, 224], "n_images": 8, "load_average_1min": 1.0,
+         "bench_images_per_s": 4.4, "batch_size": 32, "weights": "random", "forward": "tf.function",
+         "bench_s": 1.8, "predict_s": 2.1, "forward_s": 1.7, "speedup_vs_predict": round(2.1 / 1.8, 3),
+         "ratio_vs_forward": round(1.7 / 1.8, 3), "predict_ratio_vs_forward": round(1.7 / 2.1, 3),
+         "target_vs_predict": 1.5, "target_vs_forward": 0.85, "engines": engines}
+    rows = {(row["what"], row["baseline"][:13]): row for row in table_rows(r)}
+    default = rows[("mobilenetv2 224x224: files on disk -> embeddings, default CPU engine (onnxruntime)",
+                    "model.predict")]
+    assert (default["bench_s"], default["baseline_s"], default["ratio"], default["target"]) == (1.3, 2.1, 1.615, 1.5)
+    keras = rows[("mobilenetv2 224x224: files on disk -> embeddings, engine keras", "model.predict")]
+    assert (keras["bench_s"], keras["baseline_s"], keras["ratio"]) == (1.8, 2.1, 1.167)
