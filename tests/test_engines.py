@@ -310,18 +310,23 @@ def test_check_tolerance_is_1e4_widened_only_to_float32_resolution(tmp_path):
                 run()
 
 
-def test_perf_rows_compare_what_bench_run_uses_with_model_predict():
+def test_perf_rows_compare_what_bench_run_uses_with_model_predict(monkeypatch):
     """docs/BENCHMARKS.md's deep rows: bench from files against ``model.predict`` both for the
     keras engine and for the default CPU engine (what ``bench run`` uses), from one run's
     timings (best, median, embeddings)."""
+    from bench import perf_deep
     from bench.perf_deep import _engine_rows, table_rows
+    monkeypatch.setattr(perf_deep, "_cores", lambda: 2)
     feats = np.random.default_rng(0).random((8, 4)).astype(np.float32)
     timed = {"forward": (1.7, 1.8, feats), "predict": (2.1, 2.3, feats), "bench": (1.8, 1.9, feats),
-             "files_onnxruntime": (1.3, 1.4, feats + 1e-6), "alone_onnxruntime": (1.1, 1.2, feats)}
+             "files_onnxruntime": (1.3, 1.4, feats + 1e-6), "alone_onnxruntime": (1.1, 1.2, feats),
+             "decode_cpu_s": 0.4}
     engines = _engine_rows(timed, {"onnxruntime": {"how": "onnxruntime x", "tolerance": 1e-4}},
                            "onnxruntime", "mobilenetv2")
     assert engines["onnxruntime"]["ratio_files_vs_predict"] == round(2.1 / 1.3, 3)
     assert engines["onnxruntime"]["met"] is False  # 1.7 / 1.3 < 1.5
+    # the engine alone on both cores plus the decoding spread over them: 1.1 + 0.4 / 2 s
+    assert engines["onnxruntime"]["files_bound_vs_forward"] == round(1.7 / 1.3, 3)
     r = {"backbone": "mobilenetv2", "input_size": [224, 224], "n_images": 8, "load_average_1min": 1.0,
          "bench_images_per_s": 4.4, "batch_size": 32, "weights": "random", "forward": "tf.function",
          "bench_s": 1.8, "predict_s": 2.1, "forward_s": 1.7, "speedup_vs_predict": round(2.1 / 1.8, 3),
