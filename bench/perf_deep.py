@@ -265,7 +265,11 @@ def measure_backbone(backbone: str, files: Sequence[Path], input_size=224, batch
     timed["decode_cpu_s"] = decode_cpu_s
     row = _row(backbone, n, ext, timed, weights_label, batch_size, repeats, first_s, preload_s,
                load_before, available_cpus())
-    default = engines.resolve("auto", ext.device_, "tensorflow")[0]
+    # what `auto` (the default) picks here: the engines timed on this CPU (engines.speed)
+    auto = CNNFeatures(backbone=backbone, weights=weights, input_size=input_size,
+                       batch_size=batch_size, engine="auto").use_engine()
+    default = auto.engine_
+    row["auto_how"] = auto.forward_how_
     row["engines"] = _engine_rows(timed, engine_info, default, backbone)
     if jax:
         row["jax"] = _jax_row(backbone, files, weights, input_size, batch_size, repeats, workdir,
@@ -403,10 +407,11 @@ def table_rows(r: dict) -> list[dict]:
     ]
     for name, e in (r.get("engines") or {}).items():
         if e.get("default") and "files_s" in e:  # what `bench run` does on a CPU
-            rows.append({**common, "what": f"{what}: files on disk -> embeddings, default CPU engine ({name})",
-                         "bench_s": e["files_s"], "baseline_s": r["predict_s"],
+            rows.append({**common, "bench_s": e["files_s"], "baseline_s": r["predict_s"],
+                         "what": f"{what}: files on disk -> embeddings, default CPU engine ({name})",
                          "ratio": e["ratio_files_vs_predict"], "baseline": predict,
-                         "target": r.get("target_vs_predict"), "note": f"{e['files_images_per_s']} img/s, {load}"})
+                         "target": r.get("target_vs_predict"),
+                         "note": f"{e['files_images_per_s']} img/s, auto: {r.get('auto_how')}, {load}"})
     rows += [
         {**common, "what": f"{what}: files on disk -> embeddings, engine keras", "bench_s": r["bench_s"],
          "baseline_s": r["forward_s"], "ratio": r["ratio_vs_forward"], "note": note,

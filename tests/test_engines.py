@@ -232,6 +232,7 @@ def test_auto_switches_after_enough_images_or_at_once_when_exported(cache_dir, i
     pytest.importorskip("onnxruntime")
     monkeypatch.setattr(engines, "stats", {"exports": 0, "checks": 0})
     monkeypatch.setattr(deep, "ENGINE_MIN_IMAGES", 8)
+    monkeypatch.setattr(engines, "AUTO_CPU", ("onnxruntime",))  # one candidate: no timing
     e = _cnn("auto")
     first = e.transform(images[:4])  # few images: no export yet
     assert e.engine_ == "keras" and engines.stats["exports"] == 0
@@ -243,6 +244,33 @@ def test_auto_switches_after_enough_images_or_at_once_when_exported(cache_dir, i
     f.transform(images[:1])
     assert f.engine_ == "onnxruntime" and f.describe()["engine"] == "onnxruntime"
     assert engines.stats == {"exports": 1, "checks": 1}
+
+
+def test_auto_uses_the_engine_timed_fastest_on_this_cpu_and_remembers_the_timing(cache_dir, images,
+                                                                                 monkeypatch):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("openvino")
+    calls = []
+    real = engines.reference_batch
+    monkeypatch.setattr(engines, "reference_batch", lambda *a, **k: calls.append(a) or real(*a, **k))
+    e = _cnn("auto").use_engine()
+    data = json.loads(next((cache_dir / "onnx").glob("*.check.json")).read_text())
+    (key, ms), = data["speed"].items()
+    assert key.endswith(f"|threads={deep.available_cpus()}")
+    ms = {k.split("==")[0]: v for k, v in ms.items()}
+    assert set(ms) == {"onnxruntime", "openvino"} and all(v > 0 for v in ms.values())
+    assert e.engine_ == min(ms, key=ms.get) and "fastest here (auto:" in e.forward_how_
+    np.testing.assert_allclose(e.transform(images), _cnn("keras").transform(images), rtol=0, atol=TOL)
+    # the timing is what decides, and it is not taken again: make the other engine the faster
+    other = ({"onnxruntime", "openvino"} - {e.engine_}).pop()
+    f = next((cache_dir / "onnx").glob("*.check.json"))
+    data["speed"][key] = {k: (0.001 if k.startswith(other) else 1e3) for k in data["speed"][key]}
+    f.write_text(json.dumps(data))
+    n_calls = len(calls)
+    g = _cnn("auto").use_engine()
+    assert g.engine_ == other and len(calls) == n_calls  # checks and timing read from the file
+    monkeypatch.setattr(engines, "installed", lambda name: name != "openvino")
+    assert _cnn("auto").use_engine().engine_ == "onnxruntime"  # one installed: no timing needed
 
 
 # -- where users meet it: a run -----------------------------------------------------------------

@@ -12,10 +12,10 @@ any of these; ``engine`` picks which:
   usable cores, all graph optimisations (BatchNorm fused into convolutions, conv +
   activation fusion, NCHWc layouts);
 * ``openvino`` -- the same ONNX file compiled by OpenVINO for the CPU (f32 inference
-  precision, threads = cores). Optional: ``pip install 'bench[openvino]'``;
-* ``auto`` (default) -- on a CPU with the TensorFlow backend the first installed
-  engine of :data:`AUTO_CPU` (chosen by measurement, docs/BENCHMARKS.md), else
-  ``keras`` (GPUs, other Keras backends, ``precision: mixed``). The extractor starts on
+  precision, threads = cores);
+* ``auto`` (default) -- on a CPU with the TensorFlow backend the fastest installed
+  engine of :data:`AUTO_CPU`, timed on this CPU once per exported model (:func:`speed`),
+  else ``keras`` (GPUs, other Keras backends, ``precision: mixed``). The extractor starts on
   Keras and switches after :data:`bench.features.deep.ENGINE_MIN_IMAGES` images (the
   export costs seconds), or at once when the model's export is cached already.
 
@@ -53,10 +53,13 @@ from ..errors import ConfigError
 log = logging.getLogger(__name__)
 
 ENGINES = ("auto", "keras", "onnxruntime", "openvino")
-AUTO_CPU = ("onnxruntime",)
-"""Engines ``auto`` tries on a CPU, fastest first. ONNX Runtime measured faster than
-OpenVINO for MobileNetV2, EfficientNet-Lite0 and ResNet50 on the 2-core reference machine
-(``python -m bench perf --only deep``, docs/BENCHMARKS.md); OpenVINO stays selectable."""
+AUTO_CPU = ("onnxruntime", "openvino")
+"""Engines ``auto`` may use on a CPU. When several are installed, each is timed once per
+exported model on this CPU (:func:`speed`, kept beside the file) and the fastest is used:
+which one wins depends on the network and the CPU (docs/BENCHMARKS.md: ONNX Runtime for
+MobileNetV2 and EfficientNet-Lite0, OpenVINO for ResNet50 on the 2-core machine)."""
+SPEED_IMAGES = 16
+SPEED_ROUNDS = 3
 OPSET = 17
 CHECK_TOL = 1e-4
 CHECK_ULPS = 16
@@ -99,8 +102,8 @@ def check_engine(value, where: str = "feature 'cnn', parameter 'engine'") -> str
     """``value`` if it names an engine, else a :class:`ConfigError` saying which exist."""
     if not isinstance(value, str) or value not in ENGINES:
         from ..errors import did_you_mean
-        hint = did_you_mean(value, ENGINES) + \
-            "auto = ONNX Runtime on a CPU, Keras on a GPU; keras = the Keras model itself"
+        hint = did_you_mean(value, ENGINES) + ("auto = the faster of ONNX Runtime and OpenVINO on "
+                                               "a CPU, Keras on a GPU; keras = the Keras model itself")
         raise ConfigError(f"{where}: engine={value!r} is not one of {', '.join(ENGINES)}", hint)
     return value
 
@@ -337,6 +340,72 @@ def checked(engine: str, path: Path, forward, keras_forward, input_hw) -> float:
     return diff
 
 
+def _speed_key(threads: int) -> str:
+    from ..provenance import cpu_name
+    return f"{cpu_name()}|threads={int(threads)}"
+
+
+def speed(runs: dict, path: Path, input_hw, threads: int) -> dict[str, float]:
+    """Milliseconds per image of each engine in ``runs`` (``{name: forward}``) on this CPU,
+    for the model at ``path``: :data:`SPEED_IMAGES` check images, the engines interleaved
+    :data:`SPEED_ROUNDS` times after a warm-up, the best round of each. Measured once per
+    (file, engine versions, CPU, threads) and kept beside the file."""
+    import time
+    key = _speed_key(threads)
+    names = {name: f"{name}=={_version(name)}" for name in runs}
+    try:
+        known = json.loads(_check_file(path).read_text()).get("speed", {}).get(key, {})
+    except (OSError, ValueError, AttributeError):
+        known = {}
+    if all(v in known for v in names.values()):
+        return {name: float(known[v]) for name, v in names.items()}
+    x = reference_batch(input_hw, SPEED_IMAGES, seed=1)
+    best = {name: float("inf") for name in runs}
+    for fn in runs.values():
+        fn(x)  # warm-up
+    for _ in range(SPEED_ROUNDS):
+        for name, fn in runs.items():
+            t0 = time.perf_counter()
+            fn(x)
+            best[name] = min(best[name], time.perf_counter() - t0)
+    ms = {name: round(1000 * t / len(x), 3) for name, t in best.items()}
+    target = _check_file(path)
+    with _lock:
+        try:
+            data = json.loads(target.read_text())
+        except (OSError, ValueError):
+            data = {}
+        data.setdefault("speed", {}).setdefault(key, {}).update({names[n]: v for n, v in ms.items()})
+        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}")
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+        os.replace(tmp, target)
+    return ms
+
+
+def _fastest(path: Path, candidates: list[str], *, keras_forward, input_hw, threads: int,
+             label: str) -> tuple[str, Callable, str, float]:
+    """``(name, forward, how, max_abs_diff)`` of the fastest checked engine of ``candidates``
+    (``auto`` with several installed); raises :class:`EngineUnavailable` if none works."""
+    ready, failed = {}, []
+    for name in candidates:
+        try:
+            forward, how = RUNTIMES[name](path, threads)
+            ready[name] = (forward, how, checked(name, path, forward, keras_forward, input_hw))
+        except Exception as exc:  # noqa: BLE001 - one engine failing leaves the others
+            failed.append(f"{name}: {type(exc).__name__}: {str(exc)[:200]}")
+    if not ready:
+        raise EngineUnavailable("; ".join(failed))
+    if len(ready) == 1:
+        name = next(iter(ready))
+        return (name, *ready[name])
+    ms = speed({n: r[0] for n, r in ready.items()}, path, input_hw, threads)
+    name = min(ms, key=ms.get)
+    timing = ", ".join(f"{n} {ms[n]:.2f}" for n in sorted(ms))
+    log.info("%s: engine auto: %s ms per image on this CPU; using %s", label, timing, name)
+    forward, how, diff = ready[name]
+    return name, forward, f"{how}, fastest here (auto: {timing} ms/image)", diff
+
+
 # ---------------------------------------------------------------------------------------
 # choosing
 # ---------------------------------------------------------------------------------------
@@ -355,10 +424,17 @@ def choose(engine: str, *, model, input_hw, preprocess, identity: dict, keras_fo
         return keras_choice
     if name == "keras":
         return keras_choice
+    candidates = [name]
+    if engine == "auto":  # every installed engine auto may use, timed on this CPU
+        candidates = [n for n in AUTO_CPU if installed(n)] or [name]
     try:
         path = ensure_onnx(model, input_hw, preprocess, identity)
-        forward, how = RUNTIMES[name](path, threads)
-        diff = checked(name, path, forward, keras_forward, input_hw)
+        if len(candidates) > 1:
+            name, forward, how, diff = _fastest(path, candidates, keras_forward=keras_forward,
+                                                input_hw=input_hw, threads=threads, label=label)
+        else:
+            forward, how = RUNTIMES[name](path, threads)
+            diff = checked(name, path, forward, keras_forward, input_hw)
     except Exception as exc:  # noqa: BLE001 - any failure of the optional engine falls back
         why = f"engine {name} failed ({type(exc).__name__}: {str(exc)[:300]})"
         log.warning("%s: %s; using keras", label, why)
