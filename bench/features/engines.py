@@ -377,8 +377,11 @@ def speed(runs: dict, path: Path, input_hw, threads: int) -> dict[str, float]:
             data = {}
         data.setdefault("speed", {}).setdefault(key, {}).update({names[n]: v for n, v in ms.items()})
         tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}")
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-        os.replace(tmp, target)
+        try:
+            tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+            os.replace(tmp, target)
+        except OSError as exc:  # a read-only cache: timed again next time, nothing lost
+            log.debug("engine timings not stored in %s: %s", target, exc)
     return ms
 
 
