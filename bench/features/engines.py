@@ -292,17 +292,23 @@ def _cached_check(path: Path, engine: str) -> dict | None:
         return None
 
 
-def _store_check(path: Path, engine: str, result: dict) -> None:
+def _update_check_file(path: Path, update: Callable[[dict], None]) -> None:
+    """Apply ``update`` to the JSON beside the exported model ``path`` and write it back
+    atomically (a unique temporary name, then a rename)."""
     target = _check_file(path)
     with _lock:
         try:
             data = json.loads(target.read_text())
         except (OSError, ValueError):
             data = {}
-        data[f"{engine}=={_version(engine)}"] = result
+        update(data)
         tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}")
         tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
         os.replace(tmp, target)
+
+
+def _store_check(path: Path, engine: str, result: dict) -> None:
+    _update_check_file(path, lambda data: data.__setitem__(f"{engine}=={_version(engine)}", result))
 
 
 def tolerance(reference) -> float:
@@ -369,19 +375,11 @@ def speed(runs: dict, path: Path, input_hw, threads: int) -> dict[str, float]:
             fn(x)
             best[name] = min(best[name], time.perf_counter() - t0)
     ms = {name: round(1000 * t / len(x), 3) for name, t in best.items()}
-    target = _check_file(path)
-    with _lock:
-        try:
-            data = json.loads(target.read_text())
-        except (OSError, ValueError):
-            data = {}
-        data.setdefault("speed", {}).setdefault(key, {}).update({names[n]: v for n, v in ms.items()})
-        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}")
-        try:
-            tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-            os.replace(tmp, target)
-        except OSError as exc:  # a read-only cache: timed again next time, nothing lost
-            log.debug("engine timings not stored in %s: %s", target, exc)
+    try:
+        _update_check_file(path, lambda data: data.setdefault("speed", {}).setdefault(key, {}).update(
+            {names[n]: v for n, v in ms.items()}))
+    except OSError as exc:  # a read-only cache: timed again next time, nothing lost
+        log.debug("engine timings not stored beside %s: %s", path, exc)
     return ms
 
 
