@@ -285,11 +285,18 @@ def _check_file(path: Path) -> Path:
     return path.with_suffix(".check.json")
 
 
-def _cached_check(path: Path, engine: str) -> dict | None:
+def _read_check_file(path: Path) -> dict:
+    """The JSON beside the exported model ``path`` (``{}`` when absent or unreadable)."""
     try:
-        return json.loads(_check_file(path).read_text()).get(f"{engine}=={_version(engine)}")
-    except (OSError, ValueError, AttributeError):
-        return None
+        data = json.loads(_check_file(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _cached_check(path: Path, engine: str) -> dict | None:
+    hit = _read_check_file(path).get(f"{engine}=={_version(engine)}")
+    return hit if isinstance(hit, dict) else None
 
 
 def _update_check_file(path: Path, update: Callable[[dict], None]) -> None:
@@ -297,10 +304,7 @@ def _update_check_file(path: Path, update: Callable[[dict], None]) -> None:
     atomically (a unique temporary name, then a rename)."""
     target = _check_file(path)
     with _lock:
-        try:
-            data = json.loads(target.read_text())
-        except (OSError, ValueError):
-            data = {}
+        data = _read_check_file(path)
         update(data)
         tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}")
         tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
@@ -351,20 +355,27 @@ def _speed_key(threads: int) -> str:
     return f"{cpu_name()}|threads={int(threads)}"
 
 
+def stored_speed(names, path: Path, threads: int) -> dict[str, float] | None:
+    """Milliseconds per image of every engine in ``names`` as :func:`speed` measured them
+    for ``path`` on this CPU (same engine versions and threads), or ``None`` if any is
+    missing."""
+    known = _read_check_file(path).get("speed", {})
+    known = known.get(_speed_key(threads), {}) if isinstance(known, dict) else {}
+    keys = {name: f"{name}=={_version(name)}" for name in names}
+    if not isinstance(known, dict) or not all(k in known for k in keys.values()):
+        return None
+    return {name: float(known[k]) for name, k in keys.items()}
+
+
 def speed(runs: dict, path: Path, input_hw, threads: int) -> dict[str, float]:
     """Milliseconds per image of each engine in ``runs`` (``{name: forward}``) on this CPU,
     for the model at ``path``: :data:`SPEED_IMAGES` check images, the engines interleaved
     :data:`SPEED_ROUNDS` times after a warm-up, the best round of each. Measured once per
-    (file, engine versions, CPU, threads) and kept beside the file."""
+    (file, engine versions, CPU, threads) and kept beside the file (:func:`stored_speed`)."""
     import time
-    key = _speed_key(threads)
-    names = {name: f"{name}=={_version(name)}" for name in runs}
-    try:
-        known = json.loads(_check_file(path).read_text()).get("speed", {}).get(key, {})
-    except (OSError, ValueError, AttributeError):
-        known = {}
-    if all(v in known for v in names.values()):
-        return {name: float(known[v]) for name, v in names.items()}
+    known = stored_speed(runs, path, threads)
+    if known is not None:
+        return known
     x = reference_batch(input_hw, SPEED_IMAGES, seed=1)
     best = {name: float("inf") for name in runs}
     for fn in runs.values():
@@ -375,6 +386,7 @@ def speed(runs: dict, path: Path, input_hw, threads: int) -> dict[str, float]:
             fn(x)
             best[name] = min(best[name], time.perf_counter() - t0)
     ms = {name: round(1000 * t / len(x), 3) for name, t in best.items()}
+    key, names = _speed_key(threads), {name: f"{name}=={_version(name)}" for name in runs}
     try:
         _update_check_file(path, lambda data: data.setdefault("speed", {}).setdefault(key, {}).update(
             {names[n]: v for n, v in ms.items()}))
@@ -386,25 +398,32 @@ def speed(runs: dict, path: Path, input_hw, threads: int) -> dict[str, float]:
 def _fastest(path: Path, candidates: list[str], *, keras_forward, input_hw, threads: int,
              label: str) -> tuple[str, Callable, str, float]:
     """``(name, forward, how, max_abs_diff)`` of the fastest checked engine of ``candidates``
-    (``auto`` with several installed); raises :class:`EngineUnavailable` if none works."""
+    (``auto`` with several installed); raises :class:`EngineUnavailable` if none works.
+
+    Timed here before (:func:`stored_speed`): only the fastest engine that loads and passes
+    its check is loaded. Otherwise every candidate is loaded, checked and timed."""
+    known = stored_speed(candidates, path, threads)
     ready, failed = {}, []
-    for name in candidates:
+    for name in sorted(candidates, key=known.get) if known else candidates:
         try:
             forward, how = RUNTIMES[name](path, threads)
             ready[name] = (forward, how, checked(name, path, forward, keras_forward, input_hw))
         except Exception as exc:  # noqa: BLE001 - one engine failing leaves the others
             failed.append(f"{name}: {type(exc).__name__}: {str(exc)[:200]}")
+            continue
+        if known:
+            break
     if not ready:
         raise EngineUnavailable("; ".join(failed))
-    if len(ready) == 1:
-        name = next(iter(ready))
-        return (name, *ready[name])
-    ms = speed({n: r[0] for n, r in ready.items()}, path, input_hw, threads)
-    name = min(ms, key=ms.get)
-    timing = ", ".join(f"{n} {ms[n]:.2f}" for n in sorted(ms))
-    log.info("%s: engine auto: %s ms per image on this CPU; using %s", label, timing, name)
+    ms = known or (speed({n: r[0] for n, r in ready.items()}, path, input_hw, threads)
+                   if len(ready) > 1 else None)
+    name = min(ready, key=ms.get) if ms else next(iter(ready))
     forward, how, diff = ready[name]
-    return name, forward, f"{how}, fastest here (auto: {timing} ms/image)", diff
+    if ms:
+        timing = ", ".join(f"{n} {ms[n]:.2f}" for n in sorted(ms))
+        log.info("%s: engine auto: %s ms per image on this CPU; using %s", label, timing, name)
+        how = f"{how}, fastest here (auto: {timing} ms/image)"
+    return name, forward, how, diff
 
 
 # ---------------------------------------------------------------------------------------
